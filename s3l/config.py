@@ -1,0 +1,68 @@
+"""Config helpers: the OmegaConf resolvers the YAML uses, and reading the chain out of a composed config."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime
+
+from omegaconf import DictConfig, OmegaConf
+
+
+def run_id(overrides: str, resume: bool | str) -> str:
+    """The run directory name: a hash of the command-line overrides, or a timestamp when not resuming.
+
+    Hashing the overrides makes the same command land in the same directory, so an interrupted or
+    partly finished chain is found and continued instead of started again.
+    """
+    if str(resume).lower() in ("false", "0", "no"):
+        return datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
+    digest = hashlib.sha1(overrides.encode()).hexdigest()[:10]
+    return f"run-{digest}"
+
+
+def register_resolvers() -> None:
+    """Register `${s3l_run_id:...}` (idempotent)."""
+    if not OmegaConf.has_resolver("s3l_run_id"):
+        OmegaConf.register_new_resolver("s3l_run_id", run_id)
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """A short hash of a resolved config, recorded in every exported artifact."""
+    data = OmegaConf.to_container(cfg, resolve=True)
+    return hashlib.sha1(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One stage of the chain: its name, where it lives in the config, and its resolved settings."""
+
+    name: str
+    key: str          # the config path users override, e.g. "stages.pretrain"
+    cfg: DictConfig
+
+
+def stage_specs(cfg: DictConfig) -> list[StageSpec]:
+    """The stages to run, in order: `stage` alone when selected, else the experiment's `chain`."""
+    if cfg.get("stage") is not None:
+        return [StageSpec(str(cfg.stage.kind), "stage", cfg.stage)]
+    return [StageSpec(str(name), f"stages.{name}", cfg.stages[name]) for name in cfg.chain]
+
+
+NUMERIC_GROUPS = ("resolution",)
+
+
+def quote_numeric_group_overrides(argv: list[str]) -> list[str]:
+    """Quote `resolution=56` (and sweeps `resolution=56,112`) so Hydra reads the option names as strings.
+
+    Hydra 1.3 parses `resolution=56` as the integer 56 and refuses integers as config-group options
+    ("Config group override must be a string or a list"); quoting makes `resolution=56` work as written.
+    """
+    quoted = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep and key.lstrip("~+") in NUMERIC_GROUPS and value and all(v.isdigit() for v in value.split(",")):
+            arg = f"{key}=" + ",".join(f"'{v}'" for v in value.split(","))
+        quoted.append(arg)
+    return quoted

@@ -1,0 +1,88 @@
+"""The data of one stage: datasets built once, wrapped with the stage's transforms, split over devices."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from s3l.data.transforms import (
+    TwoCropsTransform,
+    finetune_train_transform,
+    moco_v2_augmentation,
+    random_resized_crop_train_transform,
+)
+
+
+class Transformed(Dataset):
+    """A (PIL image, label) dataset seen through a transform."""
+
+    def __init__(self, dataset: Dataset, transform: Callable) -> None:
+        self.dataset = dataset
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        image, label = self.dataset[index]
+        return self.transform(image), label
+
+
+def pretrain_transform(resolution: int, augmentation) -> Callable:
+    """Two independent MoCo v2 views (query, key) at the pretraining resolution."""
+    base = moco_v2_augmentation(resolution, augmentation.min_scale, tuple(augmentation.blur_sigma))
+    return TwoCropsTransform(base)
+
+
+def classify_train_transform(resolution: int, train_crop: str) -> Callable:
+    """The supervised stages' training transform (upstream main.py)."""
+    if train_crop == "random_resized_crop":
+        return random_resized_crop_train_transform(resolution)
+    return finetune_train_transform(resolution)
+
+
+class StageDataModule(L.LightningDataModule):
+    """Train (and test) loaders for one stage. `global_batch_size` is split evenly over the devices."""
+
+    def __init__(
+        self,
+        train: Dataset,
+        train_transform: Callable,
+        global_batch_size: int,
+        num_workers: int,
+        drop_last: bool,
+        test: Dataset | None = None,
+        test_transform: Callable | None = None,
+    ) -> None:
+        super().__init__()
+        self.train_set = Transformed(train, train_transform)
+        self.test_set = Transformed(test, test_transform) if test is not None else None
+        self.global_batch_size = global_batch_size
+        self.num_workers = num_workers
+        self.drop_last = drop_last
+
+    def _per_device_batch(self) -> int:
+        world = self.trainer.world_size if self.trainer is not None else 1
+        return self.global_batch_size // world
+
+    def _loader(self, dataset: Dataset, shuffle: bool, drop_last: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self._per_device_batch(),
+            shuffle=shuffle,
+            drop_last=drop_last,
+            num_workers=self.num_workers,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True, drop_last=self.drop_last)
+
+    def val_dataloader(self) -> DataLoader | list:
+        if self.test_set is None:
+            return []
+        return self._loader(self.test_set, shuffle=False, drop_last=False)

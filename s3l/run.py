@@ -1,0 +1,187 @@
+"""The chain: run each configured stage in its own directory, hand its exported weights to the next,
+skip stages that already finished, and summarise everything in results.json and a printed table."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from s3l import __version__
+from s3l.checkpoints import export_backbone
+from s3l.config import StageSpec, config_hash, stage_specs
+from s3l.errors import S3LError
+from s3l.report import print_config_tree, print_results_table
+from s3l.stages.build import (
+    METHOD_STATE,
+    build_cost_meter,
+    build_datamodule,
+    build_datasets,
+    build_module,
+    build_trainer,
+    init_source,
+    initialise,
+    stage_epochs,
+)
+from s3l.validate import validate_config, validate_queue_size, validate_world
+
+log = logging.getLogger("s3l")
+
+RESULTS = "results.json"
+
+
+def main(cfg: DictConfig) -> float | None:
+    """Run the chain; a user-fixable problem ends it with one line on stderr and exit status 2."""
+    try:
+        return run_chain(cfg)
+    except S3LError as err:
+        log.error("%s", err)
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+def run_chain(cfg: DictConfig) -> float | None:
+    """Validate the whole config, then run (or skip) each stage in order."""
+    specs = stage_specs(cfg)
+    validate_config(cfg, specs)
+    out_dir = Path(cfg.paths.output_dir)
+    if cfg.print_config:
+        print_config_tree(cfg)
+    _write_text(out_dir / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    datasets = None
+    stage_results: list[dict] = []
+    previous_dir: Path | None = None
+    start = time.perf_counter()
+    for index, spec in enumerate(specs):
+        stage_dir = out_dir / f"{index}_{spec.name}"
+        finished = stage_dir / RESULTS
+        if finished.is_file():
+            log.info("stage %s already finished (%s): skipping it", spec.name, finished)
+            result = json.loads(finished.read_text())
+        else:
+            datasets = datasets or build_datasets(cfg)
+            result = run_stage(cfg, spec, stage_dir, previous_dir, datasets)
+        stage_results.append(result)
+        previous_dir = stage_dir
+    summary = chain_summary(cfg, stage_results, time.perf_counter() - start)
+    if rank_zero_only.rank == 0:
+        _write_text(out_dir / RESULTS, json.dumps(summary, indent=2))
+        print_results_table(summary, out_dir)
+    return summary["final"]["metrics"].get("top1_last")
+
+
+def run_stage(cfg: DictConfig, spec: StageSpec, stage_dir: Path, previous_dir: Path | None, datasets) -> dict:
+    """Build data, module and trainer for one stage, train it (resuming if it was interrupted), export."""
+    train, test = datasets
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    cost = build_cost_meter(spec, cfg.architecture.stem)
+    trainer = build_trainer(cfg, spec, stage_dir, cost)
+    is_pretrain = spec.cfg.kind == "pretrain"
+    validate_world(spec, cfg.method.bn_splits if is_pretrain else None, trainer.world_size)
+    if is_pretrain:
+        validate_queue_size(spec, cfg.method.K, len(train), cfg.dataset.name)
+    module = build_module(cfg, spec, len(train.classes), trainer.world_size)
+    source = init_source(spec, previous_dir)
+    init = initialise(module, spec, source)
+    log.info("stage %s (%s, %s, %d px): init = %s", spec.name, spec.cfg.kind, spec.cfg.architecture,
+             spec.cfg.resolution, init)
+    last = stage_dir / "checkpoints" / "last.ckpt"
+    resume_from = str(last) if cfg.resume and last.is_file() else None
+    if resume_from:
+        log.info("stage %s: resuming from %s", spec.name, last)
+    trainer.fit(module, datamodule=build_datamodule(cfg, spec, train, test), ckpt_path=resume_from)
+    result = stage_result(cfg, spec, stage_dir, module, trainer, cost, datasets)
+    result.update(init=init, init_from=None if source is None else str(source))
+    if trainer.is_global_zero:
+        export_stage(cfg, spec, stage_dir, module, trainer)
+        _write_text(stage_dir / "config.yaml", OmegaConf.to_yaml(spec.cfg, resolve=True))
+        _write_text(stage_dir / RESULTS, json.dumps(result, indent=2))  # written last: marks the stage done
+    return result
+
+
+def export_stage(cfg: DictConfig, spec: StageSpec, stage_dir: Path, module, trainer: L.Trainer) -> None:
+    """The checkpoint contract: backbone.pt + backbone.json (and the full method state for pretraining)."""
+    meta = {
+        "architecture": spec.cfg.architecture,
+        "stem": cfg.architecture.stem,
+        "resolution": spec.cfg.resolution,
+        "stage": spec.name,
+        "kind": spec.cfg.kind,
+        "method": cfg.method.name if spec.cfg.kind == "pretrain" else "supervised",
+        "dataset": cfg.dataset.name,
+        "epochs": trainer.current_epoch,
+        "config_hash": config_hash(spec.cfg),
+    }
+    export_backbone(module.backbone, stage_dir, meta)
+    if spec.cfg.kind == "pretrain":
+        tmp = stage_dir / f".{METHOD_STATE}.tmp"
+        torch.save(module.state_dict(), tmp)
+        os.replace(tmp, stage_dir / METHOD_STATE)
+
+
+def stage_result(cfg, spec: StageSpec, stage_dir: Path, module, trainer, cost, datasets) -> dict:
+    """What one stage achieved and cost, with the paths of its artifacts."""
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    if spec.cfg.kind != "pretrain":
+        metrics.update(
+            top1_last=module.last_acc1, top1_best=module.best_acc1, best_epoch=module.best_epoch,
+            top5_last=metrics.get("val/acc5"),
+        )
+    train, test = datasets
+    return {
+        "stage": spec.name,
+        "kind": spec.cfg.kind,
+        "architecture": spec.cfg.architecture,
+        "resolution": spec.cfg.resolution,
+        "epochs": trainer.current_epoch,
+        "planned_epochs": stage_epochs(cfg, spec),
+        "metrics": metrics,
+        "cost": cost.summary(trainer.world_size),
+        "skipped_images": {"train": len(train.skipped), "test": len(test.skipped)},
+        "paths": {
+            "stage_dir": str(stage_dir),
+            "checkpoint": str(stage_dir / "checkpoints" / "last.ckpt"),
+            "backbone": str(stage_dir / "backbone.pt"),
+            "metrics_csv": str(stage_dir / "metrics.csv"),
+        },
+        "s3l_version": __version__,
+    }
+
+
+def chain_summary(cfg: DictConfig, stages: list[dict], seconds: float) -> dict:
+    """The run's results.json: every stage, plus the chain's totals."""
+    return {
+        "name": cfg.name,
+        "method": cfg.method.name,
+        "architecture": cfg.architecture.name,
+        "pretrain_resolution": cfg.resolution.size,
+        "dataset": cfg.dataset.name,
+        "chain": [s["stage"] for s in stages],
+        "stages": stages,
+        "final": final_stage(stages),
+        "total_wall_clock_s": round(seconds, 2),
+        "config_hash": config_hash(cfg),
+        "s3l_version": __version__,
+    }
+
+
+def final_stage(stages: list[dict]) -> dict:
+    """The chain's outcome: its last stage that is not a from-scratch baseline run beside the chain."""
+    lineage = [s for i, s in enumerate(stages) if i == 0 or s["init_from"] is not None]
+    return lineage[-1]
+
+
+@rank_zero_only
+def _write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

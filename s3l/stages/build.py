@@ -1,0 +1,145 @@
+"""From one stage's config to the objects Lightning runs: data, module (with its init), trainer."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger
+from omegaconf import DictConfig
+
+from s3l.callbacks.cost import CostMeter
+from s3l.checkpoints import load_backbone, read_backbone_state
+from s3l.config import StageSpec
+from s3l.data.datamodule import StageDataModule, classify_train_transform, pretrain_transform
+from s3l.data.datasets import build_dataset
+from s3l.data.transforms import eval_transform
+from s3l.errors import S3LError
+from s3l.methods.mocov2 import MoCoV2
+from s3l.models.resnet import backbone_flops, build_backbone
+from s3l.stages.classify import Classifier
+
+log = logging.getLogger("s3l")
+
+METHOD_STATE = "method_state.pt"
+
+
+def build_datasets(cfg: DictConfig) -> tuple:
+    """Train and test splits of the configured dataset (images checked once, bad ones handled by policy)."""
+    d = cfg.dataset
+    train = build_dataset(d.name, d.root, "train", d.bad_images, d.get("image_size"))
+    test = build_dataset(d.name, d.root, "test", d.bad_images, d.get("image_size"))
+    return train, test
+
+
+def build_datamodule(cfg: DictConfig, spec: StageSpec, train, test) -> StageDataModule:
+    s = spec.cfg
+    if s.kind == "pretrain":
+        return StageDataModule(
+            train, pretrain_transform(s.resolution, cfg.method.augmentation), s.batch_size,
+            cfg.dataset.num_workers, drop_last=True,  # upstream: drop_last=True (the queue needs whole batches)
+        )
+    return StageDataModule(
+        train, classify_train_transform(s.resolution, s.train_crop), s.batch_size, cfg.dataset.num_workers,
+        drop_last=False, test=test, test_transform=eval_transform(s.resolution),
+    )
+
+
+def build_module(cfg: DictConfig, spec: StageSpec, num_classes: int, world_size: int) -> L.LightningModule:
+    s, stem = spec.cfg, cfg.architecture.stem
+    if s.kind == "pretrain":
+        m = cfg.method
+        return MoCoV2(
+            architecture=s.architecture, stem=stem, dim=m.dim, K=m.K, m=m.m, T=m.T, mlp=m.mlp,
+            bn_splits=m.bn_splits // world_size, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay,
+            lr_schedule=s.lr_schedule, milestones=_list(s.milestones),
+        )
+    return Classifier(
+        architecture=s.architecture, stem=stem, num_classes=num_classes, freeze=s.freeze, fc_init=s.fc_init,
+        bn_frozen=s.bn_frozen, mixup_alpha=s.mixup_alpha, lr=s.lr, momentum=s.momentum,
+        weight_decay=s.weight_decay, lr_schedule=s.lr_schedule, milestones=_list(s.milestones),
+        epochs=s.epochs, mean_per_class=s.mean_per_class,
+    )
+
+
+def _list(value) -> list | None:
+    return None if value is None else list(value)
+
+
+def init_source(spec: StageSpec, previous_dir: Path | None) -> Path | None:
+    """Where this stage's weights come from: the previous stage's directory, a path, or nowhere."""
+    if spec.cfg.init is None:
+        return None
+    if spec.cfg.init == "previous":
+        if previous_dir is None:
+            log.info("%s: init=previous but it is the first stage: random initialisation", spec.key)
+        return previous_dir
+    return Path(str(spec.cfg.init))
+
+
+def initialise(module: L.LightningModule, spec: StageSpec, source: Path | None) -> str:
+    """Load the init weights into the module; returns a one-line description for the logs and results."""
+    if source is None:
+        return "random"
+    if isinstance(module, MoCoV2) and source.is_dir() and (source / METHOD_STATE).is_file():
+        return _load_method_state(module, source / METHOD_STATE)
+    file = source / "backbone.pt" if source.is_dir() else source
+    state, meta = read_backbone_state(file)
+    # The conv5 warm-up grows a network without conv5 into the full one: a missing layer4 starts fresh.
+    allow = ("layer4.",) if spec.cfg.kind == "warmup" else ()
+    load_backbone(module.backbone, state, source=str(file), meta=meta, allow_missing_prefixes=allow)
+    if isinstance(module, MoCoV2):
+        module.encoder_k.load_state_dict(module.encoder_q.state_dict())
+    return f"backbone from {file}"
+
+
+def _load_method_state(module: MoCoV2, file: Path) -> str:
+    """Multi-stage pretraining: inherit query and key encoders, heads and queue (upstream strict load)."""
+    state = torch.load(file, map_location="cpu", weights_only=True)
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise S3LError(
+            f"{file} does not fit this MoCo configuration: missing {list(missing)[:3]}, unexpected "
+            f"{list(unexpected)[:3]}; architecture, method.dim and method.K must match the previous stage"
+        )
+    return f"full MoCo state (encoders, queue) from {file}"
+
+
+def build_trainer(cfg: DictConfig, spec: StageSpec, stage_dir: Path, cost: CostMeter) -> L.Trainer:
+    t = cfg.trainer
+    checkpoint = ModelCheckpoint(
+        dirpath=stage_dir / "checkpoints", save_last=True, save_top_k=0,
+        every_n_epochs=cfg.callbacks.checkpoint.every_n_epochs,
+        every_n_train_steps=cfg.callbacks.checkpoint.every_n_train_steps,
+    )
+    callbacks: list = [checkpoint, cost]
+    bar = cfg.callbacks.progress_bar
+    if bar == "rich":
+        callbacks.append(RichProgressBar())
+    elif bar == "tqdm":
+        callbacks.append(TQDMProgressBar())
+    return L.Trainer(
+        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
+        precision=t.precision, max_epochs=stage_epochs(cfg, spec),
+        limit_train_batches=t.limit_train_batches, limit_val_batches=t.limit_val_batches,
+        log_every_n_steps=t.log_every_n_steps, deterministic=t.deterministic, benchmark=t.benchmark,
+        sync_batchnorm=t.sync_batchnorm, num_sanity_val_steps=0, default_root_dir=stage_dir,
+        logger=CSVLogger(save_dir=stage_dir, name="", version=""), callbacks=callbacks,
+        enable_progress_bar=bar != "none", enable_model_summary=False,
+    )
+
+
+def stage_epochs(cfg: DictConfig, spec: StageSpec) -> int:
+    """The stage's epochs, capped by trainer.max_epochs when that is set (smoke tests)."""
+    cap = cfg.trainer.max_epochs
+    return spec.cfg.epochs if cap is None else min(cap, spec.cfg.epochs)
+
+
+def build_cost_meter(spec: StageSpec, stem: str) -> CostMeter:
+    """Training FLOPs per input image: query fwd+bwd (3F) + key fwd (F) for MoCo, 3F supervised, F linear."""
+    forward = backbone_flops(build_backbone(spec.cfg.architecture, stem), spec.cfg.resolution)
+    factor = {"pretrain": 4.0, "finetune": 3.0, "warmup": 3.0, "linear": 1.0}[spec.cfg.kind]
+    return CostMeter(train_flops_per_image=factor * forward, forward_gflops_per_image=forward / 1e9)

@@ -1,0 +1,200 @@
+"""The supervised stages: full fine-tuning, the conv5 warm-up and the linear probe, as one LightningModule.
+
+They differ only in what is frozen, how fc starts, whether BN statistics move, and mixup
+(upstream-s3l.md §2.2 `main.py` and §2.3 `main_freeze.py`):
+
+| stage    | freeze     | fc_init | bn_frozen | mixup |
+|----------|------------|---------|-----------|-------|
+| finetune | `none`     | default | False     | yes   |
+| warmup   | `conv1-4`  | normal  | False     | no    |
+| linear   | `backbone` | normal  | True      | no    |
+
+Validation runs on the test split every epoch, as upstream; both the last and the best epoch's top-1 are kept.
+"""
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from s3l.errors import S3LError
+from s3l.models.resnet import build_backbone
+from s3l.optim import build_lr_schedule, build_sgd
+
+FREEZE_MODES = ("none", "conv1-4", "backbone")
+FC_INITS = ("default", "normal")
+
+
+def mixup_batch(
+    x: Tensor, y: Tensor, alpha: float, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor, Tensor, float]:
+    """Mix each image with a random partner: `lam * x + (1 - lam) * x[perm]`, `lam ~ Beta(alpha, alpha)`.
+
+    Returns `(x_mixed, y, y[perm], lam)`; `alpha <= 0` means no mixup (`lam = 1`, `x` unchanged).
+    Upstream draws `lam` from numpy's global RNG; here numpy's Beta sampler is seeded from torch's RNG
+    (or `generator`), so `seed_everything` makes the whole batch reproducible.
+    """
+    if alpha <= 0:
+        return x, y, y, 1.0
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    lam = float(np.random.default_rng(seed).beta(alpha, alpha))
+    perm = torch.randperm(x.shape[0], generator=generator).to(x.device)
+    return lam * x + (1 - lam) * x[perm], y, y[perm], lam
+
+
+def mixup_loss(logits: Tensor, y: Tensor, y_perm: Tensor, lam: float) -> Tensor:
+    """`lam * CE(logits, y) + (1 - lam) * CE(logits, y_perm)`, plain CE when `lam == 1`."""
+    if lam == 1.0:
+        return F.cross_entropy(logits, y)
+    return lam * F.cross_entropy(logits, y) + (1 - lam) * F.cross_entropy(logits, y_perm)
+
+
+class Classifier(L.LightningModule):
+    """A ResNet backbone plus a linear classifier, trained with SGD on labels (the downstream stages).
+
+    `freeze`: `none` trains everything; `conv1-4` trains only layer4 and fc (the conv5 warm-up);
+    `backbone` trains only fc (the linear probe). `bn_frozen` keeps the backbone in eval mode so BN running
+    statistics never move; frozen tensors are checked unchanged at the end of `fit`.
+    """
+
+    def __init__(
+        self,
+        architecture: str,
+        stem: str,
+        num_classes: int,
+        freeze: str,
+        fc_init: str,
+        bn_frozen: bool,
+        mixup_alpha: float,
+        lr: float,
+        momentum: float,
+        weight_decay: float,
+        lr_schedule: str,
+        milestones: list[int] | None,
+        epochs: int,
+        mean_per_class: bool,
+    ) -> None:
+        super().__init__()
+        if freeze not in FREEZE_MODES:
+            raise S3LError(f"unknown freeze '{freeze}': use one of {', '.join(FREEZE_MODES)}")
+        if fc_init not in FC_INITS:
+            raise S3LError(f"unknown fc_init '{fc_init}': use one of {', '.join(FC_INITS)}")
+        self.save_hyperparameters()
+        self.backbone = build_backbone(architecture, stem)
+        self.fc = nn.Linear(self.backbone.feature_dim, num_classes)
+        if fc_init == "normal":
+            # Upstream linear eval and warm-up; full fine-tuning keeps nn.Linear's default init.
+            nn.init.normal_(self.fc.weight, mean=0.0, std=0.01)
+            nn.init.zeros_(self.fc.bias)
+        self._freeze(freeze)
+        self.val_acc1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
+        self.val_acc5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro")
+        self.val_acc_per_class = MulticlassAccuracy(num_classes, average="macro") if mean_per_class else None
+        self.best_acc1, self.best_epoch, self.last_acc1 = 0.0, -1, 0.0
+        self._frozen_reference: dict[str, Tensor] = {}
+        self.train()
+
+    def _freeze(self, freeze: str) -> None:
+        for name, param in self.backbone.named_parameters():
+            trains = freeze == "none" or (freeze == "conv1-4" and name.startswith("layer4."))
+            param.requires_grad_(trains)
+        if freeze == "conv1-4" and not any(p.requires_grad for p in self.backbone.parameters()):
+            raise S3LError(
+                f"freeze conv1-4 trains layer4, but {self.hparams.architecture} has no layer4: "
+                "warm up the full architecture (e.g. resnet50 for custom_resnet50)"
+            )
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.fc(self.backbone(images))
+
+    def train(self, mode: bool = True) -> "Classifier":
+        super().train(mode)
+        if self.hparams.bn_frozen:
+            self.backbone.eval()
+        return self
+
+    def on_train_epoch_start(self) -> None:
+        # Lightning never calls train() itself (it saves and restores each submodule's `.training` flag),
+        # so re-assert frozen BN in case anything flipped the flags directly.
+        if self.hparams.bn_frozen:
+            self.backbone.eval()
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        images, labels = batch
+        mixed, labels, labels_perm, lam = mixup_batch(images, labels, self.hparams.mixup_alpha)
+        logits = self(mixed)
+        loss = mixup_loss(logits, labels, labels_perm, lam)
+        # Against the unmixed labels, as upstream.
+        acc1 = (logits.argmax(dim=1) == labels).float().mean()
+        size = labels.shape[0]
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=size)
+        self.log("train/acc1", acc1, on_step=False, on_epoch=True, batch_size=size)
+        self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=size)
+        return loss
+
+    def _val_metrics(self) -> dict[str, MulticlassAccuracy]:
+        metrics = {"val/acc1": self.val_acc1, "val/acc5": self.val_acc5}
+        if self.val_acc_per_class is not None:
+            metrics["val/acc_per_class"] = self.val_acc_per_class
+        return metrics
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        images, labels = batch
+        logits = self(images)
+        for metric in self._val_metrics().values():
+            metric.update(logits, labels)
+
+    def on_validation_epoch_end(self) -> None:
+        # compute() syncs across processes; fractions in [0, 1].
+        values = {name: float(metric.compute()) for name, metric in self._val_metrics().items()}
+        for metric in self._val_metrics().values():
+            metric.reset()
+        if self.trainer.sanity_checking:
+            return
+        self.track_acc1(values["val/acc1"], self.current_epoch)
+        self.log_dict({**values, "val/acc1_best": self.best_acc1})
+
+    def track_acc1(self, acc1: float, epoch: int) -> None:
+        """Record one epoch's test top-1 as the last one, and as the best one if it beats the rest."""
+        self.last_acc1 = acc1
+        if self.best_epoch < 0 or acc1 > self.best_acc1:
+            self.best_acc1, self.best_epoch = acc1, epoch
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["best_acc1"], checkpoint["best_epoch"] = self.best_acc1, self.best_epoch
+        checkpoint["last_acc1"] = self.last_acc1
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.best_acc1 = checkpoint.get("best_acc1", self.best_acc1)
+        self.best_epoch = checkpoint.get("best_epoch", self.best_epoch)
+        self.last_acc1 = checkpoint.get("last_acc1", self.last_acc1)
+
+    def configure_optimizers(self) -> dict:
+        hp = self.hparams
+        optimizer = build_sgd(self.parameters(), hp.lr, hp.momentum, hp.weight_decay)
+        steps_per_epoch = max(1, int(self.trainer.estimated_stepping_batches) // hp.epochs)
+        schedule = build_lr_schedule(optimizer, hp.lr_schedule, hp.epochs, steps_per_epoch, hp.milestones)
+        return {"optimizer": optimizer, "lr_scheduler": schedule}
+
+    def frozen_tensors(self) -> dict[str, Tensor]:
+        """Copies of the backbone tensors training must not change: frozen params, and BN buffers if bn_frozen."""
+        frozen = {name: p for name, p in self.backbone.named_parameters() if not p.requires_grad}
+        if self.hparams.bn_frozen:
+            frozen.update(self.backbone.named_buffers())
+        return {name: tensor.detach().clone() for name, tensor in frozen.items()}
+
+    def check_frozen_unchanged(self, reference: dict[str, Tensor]) -> None:
+        """Raise RuntimeError naming the first frozen tensor that differs from `reference` (upstream lincls check)."""
+        current = self.frozen_tensors()
+        for name, before in reference.items():
+            if not torch.equal(current[name], before):
+                raise RuntimeError(f"frozen backbone tensor {name} changed during training")
+
+    def on_fit_start(self) -> None:
+        self._frozen_reference = self.frozen_tensors()
+
+    def on_fit_end(self) -> None:
+        self.check_frozen_unchanged(self._frozen_reference)
+        self._frozen_reference = {}

@@ -1,0 +1,123 @@
+"""Config validation: every check that can fail fast does so before any image is read.
+
+Each failure is an S3LError with one line that names the setting, its value, and what to change.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from s3l.config import StageSpec
+from s3l.errors import S3LError
+from s3l.models.resnet import ARCHITECTURES, full_architecture
+
+STAGE_KINDS = ("pretrain", "finetune", "warmup", "linear")
+DATASETS_WITH_ROOT = ("cub200", "imagefolder")
+
+
+def validate_config(cfg: DictConfig, specs: list[StageSpec]) -> None:
+    """Checks that need only the config (and the file system for paths)."""
+    if not specs:
+        raise S3LError("the chain is empty: set chain=[...] or pick a stage with stage=<name>")
+    if cfg.dataset.name in DATASETS_WITH_ROOT and not cfg.dataset.root:
+        raise S3LError(
+            f"dataset.root is not set for dataset={cfg.dataset.name}: pass dataset.root=/path/to/"
+            + ("CUB_200_2011" if cfg.dataset.name == "cub200" else "folder_with_train_and_val")
+        )
+    for spec in specs:
+        _validate_stage(cfg, spec)
+    for previous, spec in zip(specs, specs[1:]):
+        if spec.cfg.init == "previous":
+            _validate_handover(previous, spec)
+
+
+def _validate_stage(cfg: DictConfig, spec: StageSpec) -> None:
+    s, key = spec.cfg, spec.key
+    if s.kind not in STAGE_KINDS:
+        raise S3LError(f"{key}.kind={s.kind} is not a stage kind; valid kinds: {', '.join(STAGE_KINDS)}")
+    if s.architecture not in ARCHITECTURES:
+        raise S3LError(f"{key}.architecture={s.architecture} is unknown; valid: {', '.join(ARCHITECTURES)}")
+    for field in ("resolution", "batch_size", "epochs"):
+        value = s[field]
+        if not isinstance(value, int) or value <= 0:
+            raise S3LError(f"{key}.{field}={value} must be a positive integer")
+    if s.init not in (None, "previous") and not Path(str(s.init)).exists():
+        raise S3LError(
+            f"{key}.init={s.init} does not exist: give a backbone.pt, a stage directory, a .ckpt or an "
+            "original S3L/MoCo checkpoint (or init=null for random initialisation)"
+        )
+    if s.kind == "pretrain":
+        _validate_queue_and_splits(cfg, spec)
+
+
+def _validate_queue_and_splits(cfg: DictConfig, spec: StageSpec) -> None:
+    K, batch, splits = cfg.method.K, spec.cfg.batch_size, cfg.method.bn_splits
+    if K % batch:
+        raise S3LError(
+            f"method.K={K} is not a multiple of the global batch {spec.key}.batch_size={batch} "
+            f"(the queue is overwritten one whole batch at a time); use e.g. method.K={max(batch, K // batch * batch)}"
+        )
+    if splits <= 0 or batch % splits:
+        raise S3LError(
+            f"{spec.key}.batch_size={batch} is not divisible by method.bn_splits={splits} "
+            "(split BatchNorm needs equal groups); change one of them"
+        )
+
+
+def _validate_handover(previous: StageSpec, spec: StageSpec) -> None:
+    """The previous stage's network must fit this one (custom -> full only through the conv5 warm-up)."""
+    before, now = previous.cfg.architecture, spec.cfg.architecture
+    if spec.cfg.kind == "warmup":
+        if now != full_architecture(before):
+            raise S3LError(
+                f"{spec.key}: the conv5 warm-up grows {before} into {full_architecture(before)}, "
+                f"but {spec.key}.architecture={now}; set it to {full_architecture(before)}"
+            )
+        return
+    if now == before:
+        return
+    if now == full_architecture(before):
+        raise S3LError(
+            f"{spec.key} ({now}) cannot start from {previous.key} ({before}, no conv5): add a warm-up stage "
+            f"between them (chain=small_architecture) or set {spec.key}.architecture={before}"
+        )
+    raise S3LError(
+        f"{spec.key}.architecture={now} cannot start from {previous.key}.architecture={before}: "
+        "chained stages must use the same network"
+    )
+
+
+def validate_world(spec: StageSpec, bn_splits: int | None, world_size: int) -> None:
+    """Checks that need the number of processes (known once the Trainer exists)."""
+    batch = spec.cfg.batch_size
+    if batch % world_size:
+        raise S3LError(
+            f"{spec.key}.batch_size={batch} (global) is not divisible by the {world_size} devices; "
+            f"use a multiple of {world_size}"
+        )
+    if bn_splits is not None and bn_splits % world_size:
+        raise S3LError(
+            f"method.bn_splits={bn_splits} (BatchNorm groups per global batch) is not divisible by the "
+            f"{world_size} devices; use a multiple of {world_size} (e.g. method.bn_splits={world_size})"
+        )
+
+
+def validate_queue_size(spec: StageSpec, K: int, train_images: int, dataset: str) -> None:
+    """K must be smaller than the training images minus the global batch, or the queue holds stale copies
+    of the very images being contrasted."""
+    batch = spec.cfg.batch_size
+    room = train_images - batch
+    if K < room:
+        return
+    suggestion = (room - 1) // batch * batch
+    fix = (
+        f"method.K={suggestion}"
+        if suggestion >= batch
+        else f"{spec.key}.batch_size={max(1, batch // 4)} method.K={max(1, batch // 4)}"
+    )
+    raise S3LError(
+        f"method.K={K} is too large for dataset {dataset}: {train_images} training images minus the global "
+        f"batch {batch} leave room for {room} queued keys, and K must be smaller; set e.g. {fix}"
+    )
