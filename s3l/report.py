@@ -36,7 +36,7 @@ def _pct(value) -> str:
 def print_results_table(summary: dict, out_dir: Path) -> None:
     """One row per stage: accuracy (last and best epoch, labelled) next to what it cost."""
     table = Table(title=f"{summary['name']}: {summary['method']} / {summary['architecture']} / {summary['dataset']}")
-    for column in ("stage", "kind", "init", "arch", "px", "epochs", "top-1 last", "top-1 best (epoch)",
+    for column in ("stage", "kind", "init", "arch", "px", "epochs", "kNN top-1", "top-1 last", "top-1 best (epoch)",
                    "wall s", "img/s", "PFLOPs"):
         table.add_column(column, justify="left" if column in ("stage", "kind", "init", "arch") else "right")
     for s in summary["stages"]:
@@ -45,9 +45,9 @@ def print_results_table(summary: dict, out_dir: Path) -> None:
         init = "random" if s["init_from"] is None else Path(s["init_from"]).name
         table.add_row(
             s["stage"], s["kind"], init, s["architecture"], str(s["resolution"]), str(s["epochs"]),
-            _pct(m.get("top1_last")), best, f"{c['wall_clock_s']:.0f}", f"{c['images_per_s']:.0f}",
+            _pct(m.get("knn_top1")), _pct(m.get("top1_last")), best, f"{c['wall_clock_s']:.0f}", f"{c['images_per_s']:.0f}",
             f"{c['train_pflops']:.4f}",
         )
     console.print(table)
-    console.print("top-1 on the test split in %; 'last' = final epoch, 'best' = max over epochs (upstream's number).")
+    console.print("top-1 on the test split in %; 'last' = final epoch, 'best' = max over epochs (upstream's number); kNN = weighted kNN of the pretrained features.")
     console.print(f"outputs: {out_dir}  (results.json, config_resolved.yaml, <stage>/metrics.csv, checkpoints)")

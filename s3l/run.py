@@ -19,12 +19,14 @@ from s3l import __version__
 from s3l.checkpoints import export_backbone
 from s3l.config import StageSpec, config_hash, stage_specs
 from s3l.errors import S3LError
+from s3l.loggers import finish_wandb
 from s3l.report import print_config_tree, print_results_table
 from s3l.stages.build import (
     METHOD_STATE,
     build_cost_meter,
     build_datamodule,
     build_datasets,
+    build_knn_monitor,
     build_module,
     build_trainer,
     init_source,
@@ -83,7 +85,8 @@ def run_stage(cfg: DictConfig, spec: StageSpec, stage_dir: Path, previous_dir: P
     train, test = datasets
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     cost = build_cost_meter(spec, cfg.architecture.stem)
-    trainer = build_trainer(cfg, spec, stage_dir, cost)
+    knn = build_knn_monitor(cfg, spec, train, test)
+    trainer = build_trainer(cfg, spec, stage_dir, [cost, knn] if knn else [cost])
     is_pretrain = spec.cfg.kind == "pretrain"
     validate_world(spec, cfg.method.bn_splits if is_pretrain else None, trainer.world_size)
     if is_pretrain:
@@ -97,9 +100,15 @@ def run_stage(cfg: DictConfig, spec: StageSpec, stage_dir: Path, previous_dir: P
     resume_from = str(last) if cfg.resume and last.is_file() else None
     if resume_from:
         log.info("stage %s: resuming from %s", spec.name, last)
-    trainer.fit(module, datamodule=build_datamodule(cfg, spec, train, test), ckpt_path=resume_from)
-    result = stage_result(cfg, spec, stage_dir, module, trainer, cost, datasets)
-    result.update(init=init, init_from=None if source is None else str(source))
+    try:
+        trainer.fit(module, datamodule=build_datamodule(cfg, spec, train, test), ckpt_path=resume_from)
+        result = stage_result(cfg, spec, stage_dir, module, trainer, cost, datasets)
+        result.update(init=init, init_from=None if source is None else str(source))
+        for logger in trainer.loggers:
+            logger.log_metrics({f"cost/{k}": v for k, v in result["cost"].items()}, step=trainer.global_step)
+            logger.save()
+    finally:
+        finish_wandb()
     if trainer.is_global_zero:
         export_stage(cfg, spec, stage_dir, module, trainer)
         _write_text(stage_dir / "config.yaml", OmegaConf.to_yaml(spec.cfg, resolve=True))
@@ -130,6 +139,8 @@ def export_stage(cfg: DictConfig, spec: StageSpec, stage_dir: Path, module, trai
 def stage_result(cfg, spec: StageSpec, stage_dir: Path, module, trainer, cost, datasets) -> dict:
     """What one stage achieved and cost, with the paths of its artifacts."""
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    if "knn/acc1" in metrics:
+        metrics["knn_top1"] = metrics["knn/acc1"]
     if spec.cfg.kind != "pretrain":
         metrics.update(
             top1_last=module.last_acc1, top1_best=module.best_acc1, best_epoch=module.best_epoch,

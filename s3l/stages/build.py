@@ -8,16 +8,18 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, TQDMProgressBar
-from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig
+from torch.utils.data import DataLoader
 
 from s3l.callbacks.cost import CostMeter
+from s3l.callbacks.knn import KNNMonitor
 from s3l.checkpoints import load_backbone, read_backbone_state
 from s3l.config import StageSpec
-from s3l.data.datamodule import StageDataModule, classify_train_transform, pretrain_transform
+from s3l.data.datamodule import StageDataModule, Transformed, classify_train_transform, pretrain_transform
 from s3l.data.datasets import build_dataset
 from s3l.data.transforms import eval_transform
 from s3l.errors import S3LError
+from s3l.loggers import build_loggers
 from s3l.methods.mocov2 import MoCoV2
 from s3l.models.resnet import backbone_flops, build_backbone
 from s3l.stages.classify import Classifier
@@ -108,14 +110,30 @@ def _load_method_state(module: MoCoV2, file: Path) -> str:
     return f"full MoCo state (encoders, queue) from {file}"
 
 
-def build_trainer(cfg: DictConfig, spec: StageSpec, stage_dir: Path, cost: CostMeter) -> L.Trainer:
+def build_knn_monitor(cfg: DictConfig, spec: StageSpec, train, test) -> KNNMonitor | None:
+    """The online kNN monitor of a pretraining stage (None when off or not pretraining)."""
+    knn = spec.cfg.get("knn")
+    if spec.cfg.kind != "pretrain" or not knn or knn.every_n_epochs <= 0:
+        return None
+    transform = eval_transform(spec.cfg.resolution)
+    loaders = [
+        DataLoader(Transformed(split, transform), batch_size=spec.cfg.batch_size, shuffle=False,
+                   num_workers=cfg.dataset.num_workers)
+        for split in (train, test)
+    ]
+    return KNNMonitor(*loaders, every_n_epochs=knn.every_n_epochs, k=knn.k, temperature=knn.temperature)
+
+
+def build_trainer(
+    cfg: DictConfig, spec: StageSpec, stage_dir: Path, callbacks: list[L.Callback]
+) -> L.Trainer:
     t = cfg.trainer
     checkpoint = ModelCheckpoint(
         dirpath=stage_dir / "checkpoints", save_last=True, save_top_k=0,
         every_n_epochs=cfg.callbacks.checkpoint.every_n_epochs,
         every_n_train_steps=cfg.callbacks.checkpoint.every_n_train_steps,
     )
-    callbacks: list = [checkpoint, cost]
+    callbacks = [checkpoint, *callbacks]
     bar = cfg.callbacks.progress_bar
     if bar == "rich":
         callbacks.append(RichProgressBar())
@@ -127,7 +145,7 @@ def build_trainer(cfg: DictConfig, spec: StageSpec, stage_dir: Path, cost: CostM
         limit_train_batches=t.limit_train_batches, limit_val_batches=t.limit_val_batches,
         log_every_n_steps=t.log_every_n_steps, deterministic=t.deterministic, benchmark=t.benchmark,
         sync_batchnorm=t.sync_batchnorm, num_sanity_val_steps=0, default_root_dir=stage_dir,
-        logger=CSVLogger(save_dir=stage_dir, name="", version=""), callbacks=callbacks,
+        logger=build_loggers(cfg, spec, stage_dir), callbacks=callbacks,
         enable_progress_bar=bar != "none", enable_model_summary=False,
     )
 
