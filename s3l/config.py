@@ -6,6 +6,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -66,3 +67,27 @@ def quote_numeric_group_overrides(argv: list[str]) -> list[str]:
             arg = f"{key}=" + ",".join(f"'{v}'" for v in value.split(","))
         quoted.append(arg)
     return quoted
+
+
+def check_group_options(argv: list[str], config_dir: Path) -> str | None:
+    """One line naming an unknown config-group option and the valid ones (Hydra's own message is a
+    multi-line block with the search path); None when every `group=option` on the command line exists."""
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        group = key.lstrip("~+")
+        folder = config_dir / group
+        if not sep or "@" in group or "." in group or not folder.is_dir() or value in ("", "null"):
+            continue
+        valid = sorted((p.stem for p in folder.glob("*.yaml")), key=lambda s: (len(s), s))
+        for option in value.split(","):
+            if option.strip("'\"") not in valid:
+                return f"unknown {group} option '{option}': choose one of {', '.join(valid)}"
+    return None
+
+
+def stage_config_hash(cfg: DictConfig, spec: StageSpec) -> str:
+    """What a stage's result depends on: its own settings plus method, network, data, trainer and seed."""
+    relevant = {key: cfg[key] for key in ("method", "architecture", "dataset", "trainer", "seed")}
+    return config_hash(OmegaConf.create({"stage": OmegaConf.to_container(spec.cfg, resolve=True),
+                                         **{k: OmegaConf.to_container(v, resolve=True) if isinstance(v, DictConfig)
+                                            else v for k, v in relevant.items()}}))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import netrc
 import os
 import sys
@@ -28,9 +29,30 @@ def wandb_mode(requested: str | None) -> str:
     return "online" if has_key else "offline"
 
 
-def build_loggers(cfg: DictConfig, spec: StageSpec, stage_dir: Path) -> list[Logger]:
+def csv_logger(stage_dir: Path, resume_step: int | None) -> CSVLogger:
+    """<stage dir>/metrics.csv. On resume the rows logged up to the checkpoint's step are kept (Lightning's
+    CSVLogger deletes an existing file), so the CSV tells the whole run once."""
+    path = stage_dir / "metrics.csv"
+    kept: list[dict] = []
+    if resume_step is not None and path.is_file():
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            header = list(reader.fieldnames or [])
+            kept = [row for row in reader if row.get("step") and float(row["step"]) <= resume_step]
+    logger = CSVLogger(save_dir=stage_dir, name="", version="")
+    if kept:
+        writer = logger.experiment  # creating it removes the old file
+        writer.metrics_keys = sorted(header)
+        with open(path, "w", newline="") as f:
+            rows = csv.DictWriter(f, fieldnames=writer.metrics_keys)
+            rows.writeheader()
+            rows.writerows(kept)
+    return logger
+
+
+def build_loggers(cfg: DictConfig, spec: StageSpec, stage_dir: Path, resume_step: int | None) -> list[Logger]:
     """CSV always (<stage dir>/metrics.csv); W&B too when configured and not disabled."""
-    loggers: list[Logger] = [CSVLogger(save_dir=stage_dir, name="", version="")]
+    loggers: list[Logger] = [csv_logger(stage_dir, resume_step)]
     w = cfg.logger.get("wandb")
     if w is None or wandb_mode(w.mode) == "disabled":
         return loggers

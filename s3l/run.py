@@ -17,10 +17,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from s3l import __version__
 from s3l.checkpoints import export_backbone
-from s3l.config import StageSpec, config_hash, stage_specs
+from s3l.config import StageSpec, config_hash, stage_config_hash, stage_specs
 from s3l.errors import S3LError
 from s3l.loggers import finish_wandb
 from s3l.report import print_config_tree, print_results_table
+from s3l.rundir import check_same_config, claim, release
 from s3l.stages.build import (
     METHOD_STATE,
     build_cost_meter,
@@ -31,6 +32,8 @@ from s3l.stages.build import (
     build_trainer,
     init_source,
     initialise,
+    last_checkpoint,
+    resume_checkpoint,
     stage_epochs,
 )
 from s3l.validate import validate_config, validate_queue_size, validate_world
@@ -55,6 +58,14 @@ def run_chain(cfg: DictConfig) -> float | None:
     specs = stage_specs(cfg)
     validate_config(cfg, specs)
     out_dir = Path(cfg.paths.output_dir)
+    claim(out_dir)
+    try:
+        return _run_claimed_chain(cfg, specs, out_dir)
+    finally:
+        release(out_dir)
+
+
+def _run_claimed_chain(cfg: DictConfig, specs: list[StageSpec], out_dir: Path) -> float | None:
     if cfg.print_config:
         print_config_tree(cfg)
     _write_text(out_dir / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
@@ -66,6 +77,7 @@ def run_chain(cfg: DictConfig) -> float | None:
         stage_dir = out_dir / f"{index}_{spec.name}"
         finished = stage_dir / RESULTS
         if finished.is_file():
+            check_same_config(stage_dir, spec.key, stage_config_hash(cfg, spec))
             log.info("stage %s already finished (%s): skipping it", spec.name, finished)
             result = json.loads(finished.read_text())
         else:
@@ -86,7 +98,9 @@ def run_stage(cfg: DictConfig, spec: StageSpec, stage_dir: Path, previous_dir: P
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     cost = build_cost_meter(spec, cfg.architecture.stem)
     knn = build_knn_monitor(cfg, spec, train, test)
-    trainer = build_trainer(cfg, spec, stage_dir, [cost, knn] if knn else [cost])
+    resume_from = resume_checkpoint(stage_dir) if cfg.resume else None
+    resume_step = announce_resume(spec, resume_from) if resume_from else None
+    trainer = build_trainer(cfg, spec, stage_dir, [cost, knn] if knn else [cost], resume_step)
     is_pretrain = spec.cfg.kind == "pretrain"
     validate_world(spec, cfg.method.bn_splits if is_pretrain else None, trainer.world_size)
     if is_pretrain:
@@ -96,12 +110,9 @@ def run_stage(cfg: DictConfig, spec: StageSpec, stage_dir: Path, previous_dir: P
     init = initialise(module, spec, source)
     log.info("stage %s (%s, %s, %d px): init = %s", spec.name, spec.cfg.kind, spec.cfg.architecture,
              spec.cfg.resolution, init)
-    last = stage_dir / "checkpoints" / "last.ckpt"
-    resume_from = str(last) if cfg.resume and last.is_file() else None
-    if resume_from:
-        log.info("stage %s: resuming from %s", spec.name, last)
     try:
-        trainer.fit(module, datamodule=build_datamodule(cfg, spec, train, test), ckpt_path=resume_from)
+        datamodule = build_datamodule(cfg, spec, train, test)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
         result = stage_result(cfg, spec, stage_dir, module, trainer, cost, datasets)
         result.update(init=init, init_from=None if source is None else str(source))
         for logger in trainer.loggers:
@@ -113,7 +124,17 @@ def run_stage(cfg: DictConfig, spec: StageSpec, stage_dir: Path, previous_dir: P
         export_stage(cfg, spec, stage_dir, module, trainer)
         _write_text(stage_dir / "config.yaml", OmegaConf.to_yaml(spec.cfg, resolve=True))
         _write_text(stage_dir / RESULTS, json.dumps(result, indent=2))  # written last: marks the stage done
+    # Under DDP the other ranks would otherwise start the next stage, and read its init, before rank 0 wrote it.
+    trainer.strategy.barrier("stage exported")
     return result
+
+
+def announce_resume(spec: StageSpec, checkpoint: Path) -> int:
+    """One line: which checkpoint, which epoch and step the stage continues from; returns the step."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    log.info("stage %s: resuming from %s (epoch %d, step %d)", spec.name, checkpoint, state["epoch"],
+             state["global_step"])
+    return int(state["global_step"])
 
 
 def export_stage(cfg: DictConfig, spec: StageSpec, stage_dir: Path, module, trainer: L.Trainer) -> None:
@@ -127,7 +148,7 @@ def export_stage(cfg: DictConfig, spec: StageSpec, stage_dir: Path, module, trai
         "method": cfg.method.name if spec.cfg.kind == "pretrain" else "supervised",
         "dataset": cfg.dataset.name,
         "epochs": trainer.current_epoch,
-        "config_hash": config_hash(spec.cfg),
+        "config_hash": stage_config_hash(cfg, spec),
     }
     export_backbone(module.backbone, stage_dir, meta)
     if spec.cfg.kind == "pretrain":
@@ -154,12 +175,13 @@ def stage_result(cfg, spec: StageSpec, stage_dir: Path, module, trainer, cost, d
         "resolution": spec.cfg.resolution,
         "epochs": trainer.current_epoch,
         "planned_epochs": stage_epochs(cfg, spec),
+        "config_hash": stage_config_hash(cfg, spec),
         "metrics": metrics,
         "cost": cost.summary(trainer.world_size),
         "skipped_images": {"train": len(train.skipped), "test": len(test.skipped)},
         "paths": {
             "stage_dir": str(stage_dir),
-            "checkpoint": str(stage_dir / "checkpoints" / "last.ckpt"),
+            "checkpoint": str(last_checkpoint(stage_dir)),
             "backbone": str(stage_dir / "backbone.pt"),
             "metrics_csv": str(stage_dir / "metrics.csv"),
         },

@@ -76,7 +76,8 @@ class StageDataModule(L.LightningDataModule):
             drop_last=drop_last,
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
-            persistent_workers=self.num_workers > 0,
+            # Fresh workers every epoch, seeded from the main RNG: a resumed run replays the same augmentations.
+            persistent_workers=False,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -7,10 +7,17 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, TQDMProgressBar
+from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
+from s3l.callbacks.checkpointing import (
+    AtomicCheckpointIO,
+    LastCheckpoint,
+    NonFiniteLossGuard,
+    PreemptionCheckpoint,
+    RNGStateCheckpoint,
+)
 from s3l.callbacks.cost import CostMeter
 from s3l.callbacks.knn import KNNMonitor
 from s3l.checkpoints import load_backbone, read_backbone_state
@@ -125,15 +132,15 @@ def build_knn_monitor(cfg: DictConfig, spec: StageSpec, train, test) -> KNNMonit
 
 
 def build_trainer(
-    cfg: DictConfig, spec: StageSpec, stage_dir: Path, callbacks: list[L.Callback]
+    cfg: DictConfig, spec: StageSpec, stage_dir: Path, callbacks: list[L.Callback], resume_step: int | None
 ) -> L.Trainer:
     t = cfg.trainer
-    checkpoint = ModelCheckpoint(
-        dirpath=stage_dir / "checkpoints", save_last=True, save_top_k=0,
-        every_n_epochs=cfg.callbacks.checkpoint.every_n_epochs,
-        every_n_train_steps=cfg.callbacks.checkpoint.every_n_train_steps,
-    )
-    callbacks = [checkpoint, *callbacks]
+    last = last_checkpoint(stage_dir)
+    every = cfg.callbacks.checkpoint
+    callbacks = [
+        NonFiniteLossGuard(last), *callbacks, RNGStateCheckpoint(), PreemptionCheckpoint(last),
+        LastCheckpoint(last, every.every_n_epochs, every.every_n_train_steps),  # last: after every other hook
+    ]
     bar = cfg.callbacks.progress_bar
     if bar == "rich":
         callbacks.append(RichProgressBar())
@@ -145,9 +152,21 @@ def build_trainer(
         limit_train_batches=t.limit_train_batches, limit_val_batches=t.limit_val_batches,
         log_every_n_steps=t.log_every_n_steps, deterministic=t.deterministic, benchmark=t.benchmark,
         sync_batchnorm=t.sync_batchnorm, num_sanity_val_steps=0, default_root_dir=stage_dir,
-        logger=build_loggers(cfg, spec, stage_dir), callbacks=callbacks,
-        enable_progress_bar=bar != "none", enable_model_summary=False,
+        logger=build_loggers(cfg, spec, stage_dir, resume_step), callbacks=callbacks,
+        enable_progress_bar=bar != "none", enable_model_summary=False, enable_checkpointing=False,
+        plugins=[AtomicCheckpointIO()],
     )
+
+
+def last_checkpoint(stage_dir: Path) -> Path:
+    """Where a stage keeps its full training state for resuming."""
+    return stage_dir / "checkpoints" / "last.ckpt"
+
+
+def resume_checkpoint(stage_dir: Path) -> Path | None:
+    """The newest checkpoint to resume from: last.ckpt, or a SLURM pre-emption hpc_ckpt_*.ckpt."""
+    found = [p for p in [last_checkpoint(stage_dir), *stage_dir.glob("hpc_ckpt_*.ckpt")] if p.is_file()]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
 def stage_epochs(cfg: DictConfig, spec: StageSpec) -> int:

@@ -1,0 +1,134 @@
+"""Checkpoints that survive kills: atomic writes, RNG states for exact resumes, saves on pre-emption,
+and a guard that stops on a non-finite loss before it can overwrite the last good checkpoint."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from s3l.errors import S3LError
+
+log = logging.getLogger("s3l")
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write each checkpoint to a temporary file in the same directory, then rename it into place.
+
+    Lightning's own writer opens the final path directly, so a kill during a save leaves a truncated
+    `last.ckpt`; here the previous checkpoint stays whole until the new one is complete.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        try:
+            super().save_checkpoint(checkpoint, tmp, storage_options)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+class LastCheckpoint(L.Callback):
+    """Rewrite `last.ckpt` (the full training state) every N epochs and/or every N training steps.
+
+    Lightning's ModelCheckpoint only refreshes `last` when it also saves a top-k file; here the one file
+    a resume needs is written at exactly the configured frequency (and at the end of training).
+    """
+
+    def __init__(self, path: Path, every_n_epochs: int | None, every_n_train_steps: int | None) -> None:
+        self.path = path
+        self.every_n_epochs = every_n_epochs
+        self.every_n_train_steps = every_n_train_steps
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.every_n_train_steps and trainer.global_step % self.every_n_train_steps == 0:
+            trainer.save_checkpoint(self.path)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        epoch = trainer.current_epoch + 1
+        last_epoch = epoch >= (trainer.max_epochs or epoch)
+        if last_epoch or (self.every_n_epochs and epoch % self.every_n_epochs == 0):
+            trainer.save_checkpoint(self.path)
+
+
+class RNGStateCheckpoint(L.Callback):
+    """Save and restore the Python, NumPy and torch RNG states with every checkpoint, so that a run
+    resumed from an end-of-epoch checkpoint draws the same shuffles and augmentations as one that
+    never stopped (Lightning restores model, optimizer and loops, but not the RNGs)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        # Plain lists and tensors only, so the checkpoint still loads with torch.load(weights_only=True).
+        name, keys, position, has_gauss, cached = np.random.get_state()
+        state = {
+            "python": random.getstate(),
+            "numpy": [name, keys.tolist(), position, has_gauss, cached],
+            "torch": torch.get_rng_state(),
+        }
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        version, internal, gauss = state_dict["python"]
+        random.setstate((version, tuple(internal), gauss))
+        name, keys, position, has_gauss, cached = state_dict["numpy"]
+        np.random.set_state((name, np.array(keys, dtype=np.uint32), position, has_gauss, cached))
+        torch.set_rng_state(state_dict["torch"])
+        if "cuda" in state_dict and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state_dict["cuda"])
+
+
+class PreemptionCheckpoint(L.Callback):
+    """On SIGTERM (or SIGUSR1 where SLURM's own requeue handler is not installed) save `last.ckpt` at the
+    end of the current batch, say so, and stop; re-running the same command resumes there."""
+
+    def __init__(self, last_checkpoint: Path) -> None:
+        self.last_checkpoint = last_checkpoint
+        self.signal: int | None = None
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if hasattr(signal, "SIGUSR1") and signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None):
+            signal.signal(signal.SIGUSR1, self._record)
+
+    def _record(self, signum: int, frame) -> None:
+        self.signal = signum
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not (trainer.received_sigterm or self.signal):
+            return
+        trainer.save_checkpoint(self.last_checkpoint)
+        name = "SIGTERM" if trainer.received_sigterm else signal.Signals(self.signal).name
+        log.warning("%s received: saved %s at epoch %d, step %d; run the same command to resume",
+                    name, self.last_checkpoint, trainer.current_epoch, trainer.global_step)
+        if self.signal:  # Lightning itself stops on SIGTERM right after this hook
+            raise SystemExit(128 + self.signal)
+
+
+class NonFiniteLossGuard(L.Callback):
+    """Stop at the first NaN/Inf loss, before any checkpoint can store the broken weights."""
+
+    def __init__(self, last_checkpoint: Path) -> None:
+        self.last_checkpoint = last_checkpoint
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is None or bool(torch.isfinite(loss.detach()).all()):
+            return
+        last = (
+            f"the last good checkpoint {self.last_checkpoint} is kept intact"
+            if self.last_checkpoint.is_file() else "no checkpoint had been written yet"
+        )
+        raise S3LError(
+            f"non-finite loss ({float(loss)}) at epoch {trainer.current_epoch}, step {trainer.global_step}: "
+            f"training stopped and {last}; lower the learning rate or check the data"
+        )
