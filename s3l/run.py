@@ -29,6 +29,7 @@ from s3l.stages.build import (
     build_datasets,
     build_knn_monitor,
     build_module,
+    apply_layout,
     build_trainer,
     init_source,
     initialise,
@@ -108,6 +109,7 @@ def run_stage(cfg: DictConfig, spec: StageSpec, stage_dir: Path, previous_dir: P
     module = build_module(cfg, spec, len(train.classes), trainer.world_size)
     source = init_source(spec, previous_dir)
     init = initialise(module, spec, source)
+    apply_layout(module, cfg.trainer)
     log.info("stage %s (%s, %s, %d px): init = %s", spec.name, spec.cfg.kind, spec.cfg.architecture,
              spec.cfg.resolution, init)
     try:

@@ -41,10 +41,11 @@ def infonce_logits(q: Tensor, k: Tensor, queue: Tensor, temperature: float) -> T
     Computed in float32 whatever the autocast precision, so reduced precision cannot blur the
     similarities that the temperature sharpens.
     """
-    q, k = q.float(), k.float()
-    l_pos = torch.einsum("nc,nc->n", q, k).unsqueeze(-1)
-    l_neg = q @ queue.float()
-    return torch.cat([l_pos, l_neg], dim=1) / temperature
+    with torch.autocast(device_type=q.device.type, enabled=False):  # autocast would recast the matmul
+        q, k = q.float(), k.float()
+        l_pos = torch.einsum("nc,nc->n", q, k).unsqueeze(-1)
+        l_neg = q @ queue.float()
+        return torch.cat([l_pos, l_neg], dim=1) / temperature
 
 
 class MoCoV2(L.LightningModule):

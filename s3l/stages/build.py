@@ -131,6 +131,16 @@ def build_knn_monitor(cfg: DictConfig, spec: StageSpec, train, test) -> KNNMonit
     return KNNMonitor(*loaders, every_n_epochs=knn.every_n_epochs, k=knn.k, temperature=knn.temperature)
 
 
+def apply_layout(module: L.LightningModule, trainer_cfg: DictConfig) -> None:
+    """channels_last weights and in-place torch.compile of every backbone (after the init weights loaded)."""
+    if trainer_cfg.channels_last:
+        module.to(memory_format=torch.channels_last)
+    if trainer_cfg.compile:
+        for sub in module.modules():
+            if hasattr(sub, "feature_dim"):  # a backbone from s3l.models.resnet
+                sub.compile()
+
+
 def build_trainer(
     cfg: DictConfig, spec: StageSpec, stage_dir: Path, callbacks: list[L.Callback], resume_step: int | None
 ) -> L.Trainer:

@@ -125,3 +125,25 @@ def test_split_batchnorm_is_used_in_both_encoders_and_queue_is_in_the_checkpoint
     state = model.state_dict()
     assert "queue" in state and "queue_ptr" in state
     assert any(k.startswith("encoder_k.") for k in state)
+
+
+def test_logits_stay_float32_inside_bf16_autocast():
+    torch.manual_seed(4)
+    q = F.normalize(torch.randn(4, 8), dim=1).bfloat16()
+    k = F.normalize(torch.randn(4, 8), dim=1).bfloat16()
+    queue = F.normalize(torch.randn(8, 16), dim=0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = infonce_logits(q, k, queue, 0.2)
+        loss = F.cross_entropy(logits, torch.zeros(4, dtype=torch.long))
+    expected = infonce_logits(q.float(), k.float(), queue, 0.2)
+    assert logits.dtype == torch.float32 and loss.dtype == torch.float32
+    assert torch.equal(logits, expected)  # bit-identical to float32: autocast did not touch the matmul
+
+
+def test_bf16_training_step_keeps_the_queue_float32():
+    model = tiny_moco(K=16)
+    views = [torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model.training_step((views, torch.zeros(4)), 0)
+    assert loss.dtype == torch.float32 and model.queue.dtype == torch.float32
+    assert torch.allclose(model.queue[:, :4].norm(dim=0), torch.ones(4), atol=1e-2)  # unit keys enqueued
