@@ -150,10 +150,27 @@ def log_to_wandb(rows: list[dict]) -> None:
     wandb.run.log({"summary": table})
 
 
+def publish_to_wandb(rows: list[dict], project: str, out: Path) -> None:
+    """One W&B run of job type "summary" holding the table (and the plot), files kept under `out`."""
+    import wandb
+
+    from s3l.loggers import wandb_mode
+
+    wandb.init(project=project, job_type="summary", name=f"summary/{out.name}", dir=str(out),
+               mode=wandb_mode(None))
+    try:
+        log_to_wandb(rows)
+        wandb.run.log({"accuracy_vs_cost": wandb.Image(str(out / "accuracy_vs_cost.png"))})
+    finally:
+        wandb.finish()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m s3l.summarize", description=__doc__.splitlines()[0])
     parser.add_argument("dir", type=Path, help="a run or sweep directory (searched recursively)")
     parser.add_argument("--out", type=Path, default=None, help="where the summary files go (default: DIR)")
+    parser.add_argument("--wandb-project", default=None,
+                        help="also log the table to this W&B project (offline unless an API key is configured)")
     args = parser.parse_args(argv)
     out = args.out or args.dir
     try:
@@ -161,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     except S3LError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if args.wandb_project:
+        publish_to_wandb(rows, args.wandb_project, out)
     print((out / "summary.md").read_text())
     for name in ("summary.csv", "summary.md", "accuracy_vs_cost.png"):
         print(out / name)

@@ -63,8 +63,10 @@ class TrainRun:
 
 def run_train(args: list[str], log_dir: Path, timeout: int = 600, env: dict | None = None) -> TrainRun:
     """Run train.py in a subprocess with outputs under log_dir, no progress bar, no printed config."""
-    cmd = [sys.executable, str(ROOT / "train.py"), f"paths.log_dir={log_dir}", "callbacks.progress_bar=none",
-           "print_config=false", *args]
+    flags = [a for a in args if a.startswith("-")]  # e.g. -m must precede the overrides (argparse)
+    overrides = [a for a in args if not a.startswith("-")]
+    cmd = [sys.executable, str(ROOT / "train.py"), *flags, f"paths.log_dir={log_dir}",
+           "callbacks.progress_bar=none", "print_config=false", *overrides]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})})
     return TrainRun(proc, log_dir)
