@@ -24,12 +24,12 @@ from s3l.report import print_config_tree, print_results_table
 from s3l.rundir import check_same_config, claim, release
 from s3l.stages.build import (
     METHOD_STATE,
+    apply_layout,
     build_cost_meter,
     build_datamodule,
     build_datasets,
     build_knn_monitor,
     build_module,
-    apply_layout,
     build_trainer,
     init_source,
     initialise,

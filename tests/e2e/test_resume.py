@@ -65,7 +65,7 @@ def test_chain_killed_in_its_second_stage_resumes_there(tmp_path, uninterrupted)
 
 
 def test_bad_images_are_skipped_counted_and_reported(train):
-    run = train([f"dataset=imagefolder", f"dataset.root={HYMENOPTERA}", "debug=tiny", "dataset.eval_resolution=32",
+    run = train(["dataset=imagefolder", f"dataset.root={HYMENOPTERA}", "debug=tiny", "dataset.eval_resolution=32",
                  "resolution=16", "architecture=resnet10", "dataset.num_workers=0", "chain=pretrain_finetune"])
     assert run.returncode == 0, run.output[-3000:]
     stages = run.results()["stages"]
