@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -91,3 +92,12 @@ def stage_config_hash(cfg: DictConfig, spec: StageSpec) -> str:
     return config_hash(OmegaConf.create({"stage": OmegaConf.to_container(spec.cfg, resolve=True),
                                          **{k: OmegaConf.to_container(v, resolve=True) if isinstance(v, DictConfig)
                                             else v for k, v in relevant.items()}}))
+
+
+def prepare_argv(argv: list[str], config_dir: Path) -> list[str]:
+    """The command line as Hydra should see it; an unknown group option exits here with one line (status 2)."""
+    problem = check_group_options(argv, config_dir)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
+    return quote_numeric_group_overrides(argv)

@@ -21,7 +21,7 @@ from s3l.config import StageSpec, config_hash, stage_config_hash, stage_specs
 from s3l.errors import S3LError
 from s3l.loggers import finish_wandb
 from s3l.report import print_config_tree, print_results_table
-from s3l.rundir import check_same_config, claim, release
+from s3l.rundir import check_same_config, claim, keep_ddp_ranks_in_this_sweep, release
 from s3l.stages.build import (
     METHOD_STATE,
     apply_layout,
@@ -46,6 +46,7 @@ RESULTS = "results.json"
 
 def main(cfg: DictConfig) -> float | None:
     """Run the chain; a user-fixable problem ends it with one line on stderr and exit status 2."""
+    keep_ddp_ranks_in_this_sweep()
     try:
         return run_chain(cfg)
     except S3LError as err:

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 
 from s3l.errors import S3LError
 
@@ -59,3 +63,17 @@ def check_same_config(stage_dir: Path, stage_key: str, config_hash: str) -> None
             f"(config hash {previous}, now {config_hash}): pass resume=false for a fresh run directory, "
             "or delete that directory to redo it"
         )
+
+
+def keep_ddp_ranks_in_this_sweep() -> None:
+    """Make the DDP processes Lightning starts for ranks > 0 write into this multirun's job directories.
+
+    Lightning starts them by running the script again with our arguments plus `hydra.run.dir=...`, which
+    a multirun ignores: each would sweep again into a new timestamped directory and look for the previous
+    stage's weights there. With the sweep directory pinned, every rank runs the same jobs, in step, in the
+    same job directories (a sweep must therefore keep the number of devices fixed).
+    """
+    hydra_cfg = HydraConfig.get()
+    pinned = f'hydra.sweep.dir="{hydra_cfg.sweep.dir}"'
+    if hydra_cfg.mode == RunMode.MULTIRUN and pinned not in sys.argv:
+        sys.argv.append(pinned)
