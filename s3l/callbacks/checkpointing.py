@@ -52,13 +52,13 @@ class LastCheckpoint(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.every_n_train_steps and trainer.global_step % self.every_n_train_steps == 0:
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, weights_only=False)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         epoch = trainer.current_epoch + 1
         last_epoch = epoch >= (trainer.max_epochs or epoch)
         if last_epoch or (self.every_n_epochs and epoch % self.every_n_epochs == 0):
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, weights_only=False)
 
 
 class RNGStateCheckpoint(L.Callback):
@@ -106,7 +106,7 @@ class PreemptionCheckpoint(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
         if not (trainer.received_sigterm or self.signal):
             return
-        trainer.save_checkpoint(self.last_checkpoint)
+        trainer.save_checkpoint(self.last_checkpoint, weights_only=False)
         name = "SIGTERM" if trainer.received_sigterm else signal.Signals(self.signal).name
         log.warning("%s received: saved %s at epoch %d, step %d; run the same command to resume",
                     name, self.last_checkpoint, trainer.current_epoch, trainer.global_step)

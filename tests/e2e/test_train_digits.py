@@ -35,18 +35,14 @@ def test_demo_chain_writes_a_self_describing_run_directory(train):
     assert "top-1 last" in run.stdout and str(run_dir) in run.stdout
 
 
-def test_finetune_starts_from_the_pretrained_backbone(train):
-    run = train(["debug=tiny", "chain=pretrain_finetune"])
-    assert run.returncode == 0, run.output[-3000:]
-    run_dir = run.run_dir()
-    pretrained = torch.load(run_dir / "0_pretrain" / "backbone.pt", weights_only=True)
-    assert "layer4.0.conv1.weight" in pretrained and not any(k.startswith("fc.") for k in pretrained)
-    assert "init = backbone from" in run.output and "0_pretrain/backbone.pt" in run.output
-
-
-def test_rerunning_a_finished_chain_skips_every_stage(train):
+def test_finetune_starts_from_the_pretrained_backbone_and_a_rerun_skips_both_stages(train):
     first = train(["debug=tiny", "chain=pretrain_finetune"])
     assert first.returncode == 0, first.output[-3000:]
+    run_dir = first.run_dir()
+    pretrained = torch.load(run_dir / "0_pretrain" / "backbone.pt", weights_only=True)
+    assert "layer4.0.conv1.weight" in pretrained and not any(k.startswith("fc.") for k in pretrained)
+    assert "init = backbone from" in first.output and "0_pretrain/backbone.pt" in first.output
+
     again = train(["debug=tiny", "chain=pretrain_finetune"])
     assert again.returncode == 0, again.output[-3000:]
     assert again.output.count("already finished") == 2
