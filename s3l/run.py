@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from s3l import __version__
@@ -53,6 +55,8 @@ def main(cfg: DictConfig) -> float | None:
         log.error("%s", err)
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except SIGTERMException:  # pre-empted: last.ckpt was saved; exit like a process ended by SIGTERM
+        sys.exit(128 + signal.SIGTERM)
 
 
 def run_chain(cfg: DictConfig) -> float | None:

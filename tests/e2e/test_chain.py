@@ -66,3 +66,24 @@ def test_checkpoint_of_another_architecture_fails_with_a_clear_message(train, tm
     line = run.stderr.strip().splitlines()[-1]
     assert f"checkpoint {tmp_path / 'backbone.pt'} does not fit resnet18" in line and "missing keys" in line
     assert "Traceback" not in run.output and "Trainer.fit" not in run.output
+
+
+def test_multistage_pretraining_inherits_the_full_moco_state(train):
+    run = train(["chain=multistage", "debug=tiny", "stages.pretrain_224.resolution=32", "dataset.num_workers=0"])
+    assert run.returncode == 0, run.output[-3000:]
+    results = run.results()
+    assert [s["resolution"] for s in results["stages"]] == [16, 32, 32]
+    second = results["stages"][1]
+    assert second["init"].startswith("full MoCo state (encoders, queue) from") and "0_pretrain" in second["init"]
+    run_dir = run.run_dir()
+    first_state = torch.load(run_dir / "0_pretrain" / "method_state.pt", weights_only=True)
+    second_state = torch.load(run_dir / "1_pretrain_224" / "method_state.pt", weights_only=True)
+    # 2 steps of 16 keys: the inherited queue moved on by 32 slots from where stage 1 left it,
+    # and every slot stage 2 did not write still holds stage 1's keys
+    K, start = first_state["queue"].shape[1], int(first_state["queue_ptr"])
+    assert int(second_state["queue_ptr"]) == (start + 32) % K
+    written = (start + torch.arange(32)) % K
+    untouched = torch.ones(K, dtype=torch.bool)
+    untouched[written] = False
+    assert torch.equal(second_state["queue"][:, untouched], first_state["queue"][:, untouched])
+    assert not torch.equal(second_state["queue"][:, written], first_state["queue"][:, written])

@@ -94,3 +94,23 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(train):
                  "trainer.limit_train_batches=6", "dataset.num_workers=0"])
     assert run.returncode == 2
     assert "non-finite loss" in run.stderr and "step" in run.stderr
+
+
+def test_sigterm_saves_a_checkpoint_before_exiting_and_the_run_resumes(tmp_path):
+    log_dir = tmp_path / "outputs"
+    args = [*RESUMABLE, "trainer.limit_train_batches=40", "method.epochs=2"]
+    cmd = [sys.executable, str(ROOT / "train.py"), f"paths.log_dir={log_dir}", "callbacks.progress_bar=none",
+           "print_config=false", *args]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while not list(log_dir.glob("*/*/0_pretrain/metrics.csv")) and time.time() < deadline:
+        time.sleep(0.1)
+    time.sleep(3)  # a few training steps into epoch 0, long before its end-of-epoch checkpoint
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert "SIGTERM received: saved" in output and "run the same command to resume" in output
+    (last,) = log_dir.glob("*/*/0_pretrain/checkpoints/last.ckpt")
+    resumed = run_train(args, log_dir)
+    assert resumed.returncode == 0, resumed.output[-3000:]
+    assert "stage pretrain: resuming from" in resumed.output
