@@ -1,0 +1,65 @@
+"""`python -m s3l.bench` end to end with tiny settings, on a 2-class copy of the real CUB subset."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CUB = ROOT.parent / "shared" / "datasets" / "cub_200_2011_10cls" / "CUB_200_2011"
+
+
+def two_class_cub(folder: Path) -> Path:
+    """The official CUB layout holding only classes 001 and 002 (the label and split files stay full)."""
+    root = folder / "CUB_200_2011"
+    lines = [line for line in (CUB / "images.txt").read_text().splitlines()
+             if line.split()[1].startswith(("001.", "002."))]
+    for line in lines:
+        relative = line.split()[1]
+        (root / "images" / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(CUB / "images" / relative, root / "images" / relative)
+    (root / "images.txt").write_text("\n".join(lines) + "\n")
+    for name in ("train_test_split.txt", "image_class_labels.txt", "classes.txt"):
+        shutil.copy(CUB / name, root / name)
+    return root
+
+
+@pytest.mark.slow
+def test_bench_measures_every_section_and_writes_json_and_markdown(tmp_path):
+    root = two_class_cub(tmp_path)
+    out = tmp_path / "bench"
+    cmd = [sys.executable, "-m", "s3l.bench", "--archs", "resnet10", "--resolutions", "32", "--steps", "2",
+           "--warmup", "1", "--windows", "2", "--batch", "8", "--workers", "0", "--root", str(root),
+           "--out", str(out), "--no-isolate"]
+    # One intra-op thread: on a small, busy machine OpenMP threads waiting for each other slow tiny ops 10x.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    results = json.loads((out / "bench.json").read_text())
+
+    assert results["machine"]["cores"] == os.cpu_count() and results["machine"]["device"] == "cpu"
+    (cache,) = results["cache"]
+    assert cache["short_side"] == 72 and cache["megabytes"] > 0  # 32 / sqrt(0.2) = 71.6, rounded up
+    assert {(r["resolution"], r["pipeline"]) for r in results["data"]} == {(32, "original"), (32, "cache"),
+                                                                           (32, "fast")}
+    assert {(r["runner"], r["data"]) for r in results["train"]} == {("plain", "original"),
+                                                                    ("lightning", "original"),
+                                                                    ("lightning", "fast")}
+    for row in results["data"] + results["train"]:
+        assert len(row["window_images_per_s"]) == 2 and row["images_per_s"] > 0
+    assert all(row["peak_memory_mb"] > 100 for row in results["train"])  # torch alone is a few hundred MB
+    ids = {line.split()[0] for line in (root / "images.txt").read_text().splitlines()}
+    flags = dict(line.split() for line in (root / "train_test_split.txt").read_text().splitlines())
+    train_images = sum(flags[image_id] == "1" for image_id in ids)
+    for row in results["epoch"]:
+        assert row["images"] == train_images // 8 * 8  # one epoch, the last partial batch dropped
+        assert 0 < row["epoch_s"] <= row["fit_s"] + 1e-6 and row["full_cub_epoch_s"] > row["epoch_s"]
+
+    markdown = (out / "bench.md").read_text()
+    for heading in ("Data loading alone", "Pretraining throughput", "One epoch of the train split"):
+        assert heading in markdown and heading in proc.stdout
+    assert "| resnet10 | 32 |" in markdown
