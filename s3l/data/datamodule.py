@@ -8,6 +8,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from s3l.data.cache import fast_moco_v2_augmentation
 from s3l.data.transforms import (
     TwoCropsTransform,
     finetune_train_transform,
@@ -31,10 +32,11 @@ class Transformed(Dataset):
         return self.transform(image), label
 
 
-def pretrain_transform(resolution: int, augmentation) -> Callable:
-    """Two independent MoCo v2 views (query, key) at the pretraining resolution."""
-    base = moco_v2_augmentation(resolution, augmentation.min_scale, tuple(augmentation.blur_sigma))
-    return TwoCropsTransform(base)
+def pretrain_transform(resolution: int, augmentation, fast: bool = False) -> Callable:
+    """Two independent MoCo v2 views (query, key) at the pretraining resolution; `fast` yields uint8
+    tensors (same draws, same pixels) for `collate_normalized` to normalise per batch."""
+    build = fast_moco_v2_augmentation if fast else moco_v2_augmentation
+    return TwoCropsTransform(build(resolution, augmentation.min_scale, tuple(augmentation.blur_sigma)))
 
 
 def classify_train_transform(resolution: int, train_crop: str) -> Callable:
@@ -56,6 +58,7 @@ class StageDataModule(L.LightningDataModule):
         drop_last: bool,
         test: Dataset | None = None,
         test_transform: Callable | None = None,
+        collate_fn: Callable | None = None,
     ) -> None:
         super().__init__()
         self.train_set = Transformed(train, train_transform)
@@ -63,6 +66,7 @@ class StageDataModule(L.LightningDataModule):
         self.global_batch_size = global_batch_size
         self.num_workers = num_workers
         self.drop_last = drop_last
+        self.collate_fn = collate_fn
 
     def _per_device_batch(self) -> int:
         world = self.trainer.world_size if self.trainer is not None else 1
@@ -75,6 +79,7 @@ class StageDataModule(L.LightningDataModule):
             shuffle=shuffle,
             drop_last=drop_last,
             num_workers=self.num_workers,
+            collate_fn=self.collate_fn,
             pin_memory=torch.cuda.is_available(),
             # Fresh workers every epoch, seeded from the main RNG: a resumed run replays the same augmentations.
             persistent_workers=False,
@@ -86,4 +91,5 @@ class StageDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader | list:
         if self.test_set is None:
             return []
-        return self._loader(self.test_set, shuffle=False, drop_last=False)
+        return DataLoader(self.test_set, batch_size=self._per_device_batch(), shuffle=False,
+                          num_workers=self.num_workers, pin_memory=torch.cuda.is_available())

@@ -39,3 +39,13 @@ def test_missing_cub_root_is_one_clear_line(train, tmp_path):
     line = run.stderr.strip().splitlines()[-1]
     assert str(missing) in line and "images.txt" in line and "data.caltech.edu" in line
     assert "Traceback" not in run.output
+
+
+def test_cub_pretraining_through_the_fast_data_path(train, tmp_path):
+    cache_root = tmp_path / "root"
+    run = train(["experiment=cub_112_mocov2", *TINY, "dataset.cache=true", f"paths.root_dir={cache_root}",
+                 "chain=pretrain_finetune"])
+    assert run.returncode == 0, run.output[-3000:]
+    (cache,) = (cache_root / ".cache" / "images").iterdir()
+    assert cache.name.startswith("cub200_300img_72px_")  # 32 / sqrt(0.2) = 71.6 -> 72 px short side
+    assert run.results()["stages"][0]["cost"]["train_images"] > 0
