@@ -30,7 +30,6 @@ import logging
 import multiprocessing
 import os
 import platform
-import resource
 import shutil
 import statistics
 import sys
@@ -48,6 +47,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
 from torch.utils.data import DataLoader, Dataset, RandomSampler, default_collate
 
+from s3l.callbacks.cost import peak_memory_mb
 from s3l.config import StageSpec, check_group_options, register_resolvers, stage_specs
 from s3l.data.cache import (
     CachedImages,
@@ -224,7 +224,7 @@ def lightning_run(job: dict) -> dict:
     trainer.fit(module, train_dataloaders=loader)
     fit_s = time.perf_counter() - start
     return {"times": timer.times, "epoch_s": timer.epoch_end - timer.epoch_start, "fit_s": fit_s,
-            "steps": trainer.global_step, "peak_memory_mb": peak_memory_mb(module.device)}
+            "steps": trainer.global_step, "peak_memory_mb": peak_memory_mb()}
 
 
 def plain_step(module: MoCoV2, optimizer: torch.optim.Optimizer, batch, device: torch.device, autocast,
@@ -277,7 +277,7 @@ def plain_run(job: dict) -> dict:
     synchronize(device)
     epoch_s = time.perf_counter() - start
     return {"times": times, "epoch_s": epoch_s, "fit_s": epoch_s, "steps": steps,
-            "peak_memory_mb": peak_memory_mb(device)}
+            "peak_memory_mb": peak_memory_mb()}
 
 
 def mixed_precision(precision: str, device: torch.device) -> tuple:
@@ -287,13 +287,6 @@ def mixed_precision(precision: str, device: torch.device) -> tuple:
     dtype = torch.bfloat16 if precision == "bf16-mixed" else torch.float16
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
     return (lambda: torch.autocast(device.type, dtype=dtype)), scaler
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """CUDA max allocated on GPU; the process's peak resident set size on CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # KiB on Linux
 
 
 def run_job(job: dict) -> dict:
