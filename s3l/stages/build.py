@@ -114,12 +114,17 @@ def initialise(module: L.LightningModule, spec: StageSpec, source: Path | None) 
 def _load_method_state(module: MoCoV2, file: Path) -> str:
     """Multi-stage pretraining: inherit query and key encoders, heads and queue (upstream strict load)."""
     state = torch.load(file, map_location="cpu", weights_only=True)
-    missing, unexpected = module.load_state_dict(state, strict=False)
-    if missing or unexpected:
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+                  if k in state and state[k].shape != v.shape]
+    if missing or unexpected or mismatched:
         raise S3LError(
-            f"{file} does not fit this MoCo configuration: missing {list(missing)[:3]}, unexpected "
-            f"{list(unexpected)[:3]}; architecture, method.dim and method.K must match the previous stage"
+            f"{file} does not fit this MoCo configuration: missing {missing[:3]}, unexpected {unexpected[:3]}, "
+            f"shape mismatches {mismatched[:3]}; architecture, method.dim and method.K must match the previous stage"
         )
+    module.load_state_dict(state)
     return f"full MoCo state (encoders, queue) from {file}"
 
 
