@@ -36,7 +36,8 @@ _BACKBONE_PREFIXES = (
 )
 
 
-def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """Call `write(tmp)` on a temporary file beside `path`, then rename it into place."""
     # A crash mid-write must never leave a half-written file under the final name (resume trusts it).
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -62,8 +63,8 @@ def export_backbone(backbone: nn.Module, stage_dir: Path, meta: dict) -> Path:
     state = {key: value.detach().cpu().clone() for key, value in backbone.state_dict().items()}
     text = json.dumps({**meta, "s3l_version": s3l.__version__}, indent=2, sort_keys=True) + "\n"
     weights_path, meta_path = stage_dir / BACKBONE_FILE, stage_dir / META_FILE
-    _write_atomically(weights_path, lambda tmp: torch.save(state, tmp))
-    _write_atomically(meta_path, lambda tmp: tmp.write_text(text))
+    write_atomically(weights_path, lambda tmp: torch.save(state, tmp))
+    write_atomically(meta_path, lambda tmp: tmp.write_text(text))
     return weights_path
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import sys
 import time
@@ -18,7 +17,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from s3l import __version__
-from s3l.checkpoints import export_backbone
+from s3l.checkpoints import export_backbone, write_atomically
 from s3l.config import StageSpec, config_hash, stage_config_hash, stage_specs
 from s3l.errors import S3LError
 from s3l.loggers import finish_wandb
@@ -159,9 +158,7 @@ def export_stage(cfg: DictConfig, spec: StageSpec, stage_dir: Path, module, trai
     }
     export_backbone(module.backbone, stage_dir, meta)
     if spec.cfg.kind == "pretrain":
-        tmp = stage_dir / f".{METHOD_STATE}.tmp"
-        torch.save(module.state_dict(), tmp)
-        os.replace(tmp, stage_dir / METHOD_STATE)
+        write_atomically(stage_dir / METHOD_STATE, lambda tmp: torch.save(module.state_dict(), tmp))
 
 
 def stage_result(cfg, spec: StageSpec, stage_dir: Path, module, trainer, cost, datasets) -> dict:
@@ -222,6 +219,4 @@ def final_stage(stages: list[dict]) -> dict:
 @rank_zero_only
 def _write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_atomically(path, lambda tmp: tmp.write_text(text))
