@@ -10,6 +10,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from s3l.config import StageSpec
+from s3l.data.datamodule import AUGMENT_ON
 from s3l.errors import S3LError
 from s3l.models.resnet import ARCHITECTURES, full_architecture
 
@@ -25,6 +26,12 @@ def validate_config(cfg: DictConfig, specs: list[StageSpec]) -> None:
         raise S3LError(
             f"dataset.root is not set for dataset={cfg.dataset.name}: pass dataset.root=/path/to/"
             + ("CUB_200_2011" if cfg.dataset.name == "cub200" else "folder_with_train_and_val")
+        )
+    augment_on = cfg.dataset.get("augment_on", "workers")
+    if augment_on not in AUGMENT_ON:
+        raise S3LError(
+            f"dataset.augment_on={augment_on} is not a place to augment: choose workers (per image, in the "
+            "DataLoader workers) or device (whole batches on the training device)"
         )
     for spec in specs:
         _validate_stage(cfg, spec)

@@ -8,7 +8,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from s3l.data.cache import fast_moco_v2_augmentation
+from s3l.data.cache import collate_normalized, fast_moco_v2_augmentation
+from s3l.data.device_augment import RawViewsCollate, RawViewsTransform, realize_views
 from s3l.data.transforms import (
     TwoCropsTransform,
     finetune_train_transform,
@@ -32,11 +33,25 @@ class Transformed(Dataset):
         return self.transform(image), label
 
 
-def pretrain_transform(resolution: int, augmentation, fast: bool = False) -> Callable:
-    """Two independent MoCo v2 views (query, key) at the pretraining resolution; `fast` yields uint8
-    tensors (same draws, same pixels) for `collate_normalized` to normalise per batch."""
-    build = fast_moco_v2_augmentation if fast else moco_v2_augmentation
-    return TwoCropsTransform(build(resolution, augmentation.min_scale, tuple(augmentation.blur_sigma)))
+AUGMENT_ON = ("workers", "device")
+
+
+def pretrain_transform(
+    resolution: int, augmentation, fast: bool = False, augment_on: str = "workers"
+) -> tuple[Callable, Callable | None]:
+    """(transform, collate_fn) making two independent MoCo v2 views (query, key) at the pretraining resolution.
+
+    augment_on="workers": each DataLoader worker augments image by image on PIL images (upstream); `fast`
+    yields uint8 tensors (same draws, same pixels) for `collate_normalized` to normalise per batch.
+    augment_on="device": workers only draw the views' parameters; `StageDataModule.on_after_batch_transfer`
+    augments whole batches on the training device (`s3l.data.device_augment`).
+    """
+    min_scale, sigma = augmentation.min_scale, tuple(augmentation.blur_sigma)
+    if augment_on == "device":
+        return RawViewsTransform(resolution, min_scale, sigma), RawViewsCollate(resolution)
+    if fast:
+        return TwoCropsTransform(fast_moco_v2_augmentation(resolution, min_scale, sigma)), collate_normalized
+    return TwoCropsTransform(moco_v2_augmentation(resolution, min_scale, sigma)), None
 
 
 def classify_train_transform(resolution: int, train_crop: str) -> Callable:
@@ -84,6 +99,10 @@ class StageDataModule(L.LightningDataModule):
             # Fresh workers every epoch, seeded from the main RNG: a resumed run replays the same augmentations.
             persistent_workers=False,
         )
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        # Batches of augment_on=device are augmented here, on the device; all others pass unchanged.
+        return realize_views(batch)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, shuffle=True, drop_last=self.drop_last)

@@ -22,7 +22,7 @@ from s3l.callbacks.cost import CostMeter
 from s3l.callbacks.knn import KNNMonitor
 from s3l.checkpoints import load_backbone, read_backbone_state
 from s3l.config import StageSpec
-from s3l.data.cache import CachedImages, build_resized_cache, cache_short_side, collate_normalized
+from s3l.data.cache import CachedImages, build_resized_cache, cache_short_side
 from s3l.data.datamodule import StageDataModule, Transformed, classify_train_transform, pretrain_transform
 from s3l.data.datasets import build_dataset
 from s3l.data.transforms import eval_transform
@@ -52,10 +52,11 @@ def build_datamodule(cfg: DictConfig, spec: StageSpec, train, test) -> StageData
         if fast:
             side = cache_short_side(s.resolution, aug.min_scale)
             train = CachedImages(build_resized_cache(train, side, Path(cfg.dataset.cache_dir)))
+        transform, collate = pretrain_transform(s.resolution, aug, fast, cfg.dataset.get("augment_on", "workers"))
         return StageDataModule(
-            train, pretrain_transform(s.resolution, aug, fast), s.batch_size, cfg.dataset.num_workers,
+            train, transform, s.batch_size, cfg.dataset.num_workers,
             drop_last=True,  # upstream: drop_last=True (the queue needs whole batches)
-            collate_fn=collate_normalized if fast else None,
+            collate_fn=collate,
         )
     return StageDataModule(
         train, classify_train_transform(s.resolution, s.train_crop), s.batch_size, cfg.dataset.num_workers,

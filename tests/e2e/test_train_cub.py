@@ -49,3 +49,19 @@ def test_cub_pretraining_through_the_fast_data_path(train, tmp_path):
     (cache,) = (cache_root / ".cache" / "images").iterdir()
     assert cache.name.startswith("cub200_300img_72px_")  # 32 / sqrt(0.2) = 71.6 -> 72 px short side
     assert run.results()["stages"][0]["cost"]["train_images"] > 0
+
+
+def test_cub_pretraining_with_on_device_augmentation(train, tmp_path):
+    """augment_on=device on a CPU trainer: workers draw parameters, the datamodule augments whole batches."""
+    run = train(["experiment=cub_112_mocov2", *TINY, "stage=pretrain", "dataset.cache=true",
+                 "dataset.augment_on=device", f"paths.root_dir={tmp_path / 'root'}"])
+    assert run.returncode == 0, run.output[-3000:]
+    (pretrain,) = run.results()["stages"]
+    assert pretrain["cost"]["train_images"] > 0 and pretrain["metrics"]
+
+
+def test_unknown_augment_on_is_one_clear_line(train):
+    run = train(["experiment=cub_112_mocov2", *TINY, "dataset.augment_on=gpu"])
+    assert run.returncode == 2
+    assert "dataset.augment_on=gpu is not a place to augment: choose workers" in run.stderr
+    assert "Traceback" not in run.output

@@ -1,0 +1,280 @@
+"""On-device MoCo v2 augmentation: DataLoader workers only read images and draw random parameters; the
+views are cropped, resized, jittered, blurred and flipped in whole batches on the training device.
+
+Why: at 56 and 112 px, once the resized-image cache removes the JPEG decode, what is left per image is the
+per-view PIL augmentation (about 4 ms per image at 112 px on one CPU core, docs/benchmarks.md). A GPU
+does the same work for a batch of 256 views in a few milliseconds, so the CPU workers no longer decide how
+fast the GPU is fed.
+
+How (selected with `dataset.augment_on=device`):
+- a worker turns an image into a uint8 (3, H, W) tensor and draws both views' parameters with
+  `draw_view_params`: the same random calls, in the same order, as the PIL pipeline of
+  `s3l.data.transforms.moco_v2_augmentation` (so the same seeds give the same crops, jitter, grayscale,
+  blur and flip decisions), stored as one row of `PARAMS` floats per view;
+- `collate_raw_views` pads a batch of images to a common size by repeating their last row and column (so
+  sampling at an image border sees that image, never the padding) into a `RawViews` batch;
+- after the batch reaches the device, `StageDataModule.on_after_batch_transfer` calls `realize_views`,
+  which makes the normalised ((query, key), labels) batch that MoCo expects.
+
+The maths follows torchvision's tensor functional ops (on floats in [0, 1], per-sample factors). Where it
+differs from the PIL pipeline, and why that is harmless:
+- crop-resize is `torchvision.ops.roi_align` with adaptive sampling: each output pixel averages a
+  ceil(scale) x ceil(scale) grid of bilinear samples of its source area (an area filter when shrinking,
+  bilinear when enlarging), where PIL uses an antialiased triangle filter; when enlarging, the outermost
+  output pixels blend in the image pixels just outside the box, where crop-then-resize repeats the edge;
+- the blur is a true Gaussian with sigma = the drawn radius (kernel 2 * ceil(3 sigma_max) + 1, reflected
+  borders, as torchvision's `gaussian_blur`), where PIL approximates it with three box blurs;
+- values stay float between the steps instead of being rounded to uint8 after each one.
+tests/data/test_device_augment.py checks each op against torchvision's per-image ops and the whole
+pipeline against the PIL one under the same seed.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor
+from torchvision import transforms
+from torchvision.ops import roi_align
+from torchvision.transforms.functional import pil_to_tensor
+
+from s3l.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+# One row of view parameters: crop box, colour jitter (applied?, op order, 4 factors), grayscale?,
+# blur? and its sigma, flip?
+TOP, LEFT, HEIGHT, WIDTH, JITTER, ORDER, BRIGHTNESS, CONTRAST, SATURATION, HUE, GRAY, BLUR, SIGMA, FLIP = (
+    0, 1, 2, 3, 4, slice(5, 9), 9, 10, 11, 12, 13, 14, 15, 16
+)
+PARAMS = 17
+# The MoCo v2 ("aug-plus") probabilities and strengths, as in moco_v2_augmentation.
+JITTER_P, GRAY_P, BLUR_P, FLIP_P = 0.8, 0.2, 0.5, 0.5
+JITTER_STRENGTHS = (0.4, 0.4, 0.4, 0.1)  # brightness, contrast, saturation, hue
+GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale (ITU-R 601-2)
+
+
+class RawViews(NamedTuple):
+    """A pretraining batch before augmentation: padded uint8 images (N, 3, H, W), view parameters
+    (N, 2, PARAMS) in pixels of each image's own top-left corner, labels (N,), output side in pixels."""
+
+    images: Tensor
+    params: Tensor
+    labels: Tensor
+    size: int
+
+
+class RawViewsTransform:
+    """The worker's part: the image as a uint8 tensor and the parameters of its two views."""
+
+    def __init__(self, size: int, min_scale: float, blur_sigma: tuple[float, float]) -> None:
+        self.size = size
+        self.min_scale = min_scale
+        self.blur_sigma = tuple(blur_sigma)
+        self._jitter = transforms.ColorJitter(*JITTER_STRENGTHS)  # holds the factor ranges
+
+    def __call__(self, image: Image.Image) -> tuple[Tensor, Tensor]:
+        pixels = pil_to_tensor(image.convert("RGB"))
+        return pixels, torch.stack([self.draw_view_params(pixels) for _ in range(2)])
+
+    def draw_view_params(self, pixels: Tensor) -> Tensor:
+        """One view's parameters, drawn with the same calls in the same order as the PIL pipeline."""
+        row = torch.zeros(PARAMS)
+        row[[TOP, LEFT, HEIGHT, WIDTH]] = torch.tensor(
+            transforms.RandomResizedCrop.get_params(pixels, [self.min_scale, 1.0], [3 / 4, 4 / 3]),
+            dtype=torch.float32,
+        )
+        if not JITTER_P < torch.rand(1):  # RandomApply's test
+            j = self._jitter
+            order, *factors = j.get_params(j.brightness, j.contrast, j.saturation, j.hue)
+            row[JITTER] = 1
+            row[ORDER] = order.float()
+            row[[BRIGHTNESS, CONTRAST, SATURATION, HUE]] = torch.tensor(factors, dtype=torch.float32)
+        row[GRAY] = float(torch.rand(1) < GRAY_P)  # RandomGrayscale's test
+        if not BLUR_P < torch.rand(1):
+            row[BLUR] = 1
+            row[SIGMA] = random.uniform(*self.blur_sigma)  # Python's random, as PILGaussianBlur
+        row[FLIP] = float(torch.rand(1) < FLIP_P)  # RandomHorizontalFlip's test
+        return row
+
+
+def collate_raw_views(samples: list, size: int) -> RawViews:
+    """Batch `((pixels, params), label)` samples from `RawViewsTransform` into a `RawViews`."""
+    height = max(pixels.shape[1] for (pixels, _), _ in samples)
+    width = max(pixels.shape[2] for (pixels, _), _ in samples)
+    images = torch.empty(len(samples), 3, height, width, dtype=torch.uint8)
+    for canvas, ((pixels, _), _) in zip(images, samples):
+        h, w = pixels.shape[1:]
+        canvas[:, :h, :w] = pixels
+        canvas[:, :h, w:] = pixels[:, :, w - 1 :]  # repeat the last column, then the last row
+        canvas[:, h:, :] = canvas[:, h - 1 : h, :]
+    params = torch.stack([params for (_, params), _ in samples])
+    labels = torch.tensor([label for _, label in samples])
+    return RawViews(images, params, labels, size)
+
+
+class RawViewsCollate:
+    """`collate_raw_views` at a fixed output size (a picklable collate_fn for DataLoader workers)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __call__(self, samples: list) -> RawViews:
+        return collate_raw_views(samples, self.size)
+
+
+def realize_views(batch):
+    """A `RawViews` batch as ((query, key), labels) normalised float32 views; any other batch unchanged."""
+    if not isinstance(batch, RawViews):
+        return batch
+    n = batch.images.shape[0]
+    views = augment_views(batch.images, batch.params.reshape(2 * n, PARAMS), batch.size, views_per_image=2)
+    views = normalize(views)
+    # Row 2i + v of the flattened parameters is view v of image i.
+    return [views[0::2].contiguous(), views[1::2].contiguous()], batch.labels
+
+
+def augment_views(images: Tensor, params: Tensor, size: int, views_per_image: int = 1) -> Tensor:
+    """float views in [0, 1], (M, 3, size, size), from uint8 images (N, 3, H, W) and M = N x views_per_image
+    rows of view parameters (view v of image i at row i x views_per_image + v).
+
+    The crops are a new tensor, so the later steps work on it in place.
+    """
+    views = resized_crops(images.float().div_(255), params, size, views_per_image)
+    views = color_jitter(views, params)
+    views = grayscale(views, params[:, GRAY] > 0)
+    views = gaussian_blur(views, params[:, BLUR] > 0, params[:, SIGMA])
+    return flip(views, params[:, FLIP] > 0)
+
+
+def resized_crops(images: Tensor, params: Tensor, size: int, views_per_image: int = 1) -> Tensor:
+    """Crop each row's box (top, left, height, width) and resize it to size x size (area-averaged)."""
+    index = torch.arange(images.shape[0], device=images.device, dtype=params.dtype)
+    index = index.repeat_interleave(views_per_image)
+    top, left, height, width = params[:, TOP], params[:, LEFT], params[:, HEIGHT], params[:, WIDTH]
+    boxes = torch.stack([index, left, top, left + width, top + height], dim=1)
+    # aligned=True: pixel k covers [k, k + 1), so the box spans exactly the cropped pixels.
+    return roi_align(images, boxes.to(images.dtype), output_size=size, sampling_ratio=-1, aligned=True)
+
+
+def _selected(views: Tensor, mask: Tensor, op, *factors: Tensor) -> Tensor:
+    """op(views[mask], factors[mask]) written into the masked rows of `views` (in place; returns it)."""
+    rows = mask.nonzero().squeeze(1)
+    if rows.numel():
+        views[rows] = op(views[rows], *(f[rows].view(-1, 1, 1, 1) for f in factors))
+    return views
+
+
+def _gray(views: Tensor) -> Tensor:
+    weights = torch.tensor(GRAY_WEIGHTS, device=views.device, dtype=views.dtype).view(1, 3, 1, 1)
+    return (views * weights).sum(dim=1, keepdim=True)
+
+
+def _blend(views: Tensor, other: Tensor, factor: Tensor) -> Tensor:
+    return (factor * views + (1 - factor) * other).clamp_(0, 1)
+
+
+def adjust_brightness(views: Tensor, factor: Tensor) -> Tensor:
+    return _blend(views, torch.zeros_like(views), factor)
+
+
+def adjust_contrast(views: Tensor, factor: Tensor) -> Tensor:
+    return _blend(views, _gray(views).mean(dim=(1, 2, 3), keepdim=True), factor)
+
+
+def adjust_saturation(views: Tensor, factor: Tensor) -> Tensor:
+    return _blend(views, _gray(views), factor)
+
+
+def adjust_hue(views: Tensor, factor: Tensor) -> Tensor:
+    """Rotate the HSV hue by `factor` of a turn (torchvision's tensor adjust_hue, per sample)."""
+    hue, saturation, value = rgb_to_hsv(views).unbind(dim=1)
+    hue = (hue + factor[:, 0]) % 1.0
+    return hsv_to_rgb(torch.stack([hue, saturation, value], dim=1))
+
+
+JITTER_OPS = ((adjust_brightness, BRIGHTNESS), (adjust_contrast, CONTRAST), (adjust_saturation, SATURATION),
+              (adjust_hue, HUE))
+
+
+def color_jitter(views: Tensor, params: Tensor) -> Tensor:
+    """ColorJitter on the rows whose JITTER flag is set, each in its own drawn order of the four ops.
+
+    Like `grayscale`, `gaussian_blur` and `flip`, it writes into `views` and returns it.
+    """
+    applied = params[:, JITTER] > 0
+    order = params[:, ORDER].long()
+    for position in range(4):
+        for op_index, (op, column) in enumerate(JITTER_OPS):
+            views = _selected(views, applied & (order[:, position] == op_index), op, params[:, column])
+    return views
+
+
+def grayscale(views: Tensor, mask: Tensor) -> Tensor:
+    return _selected(views, mask, lambda v: _gray(v).expand(-1, 3, -1, -1))
+
+
+def gaussian_blur(views: Tensor, mask: Tensor, sigma: Tensor) -> Tensor:
+    """A Gaussian blur of the masked rows, each with its own sigma (separable, reflected borders)."""
+    rows = mask.nonzero().squeeze(1)
+    if not rows.numel():
+        return views
+    sigma = sigma[rows]
+    radius = max(1, math.ceil(3 * float(sigma.max())))
+    radius = min(radius, views.shape[-1] - 1)  # reflection needs radius < side
+    offsets = torch.arange(-radius, radius + 1, device=views.device, dtype=views.dtype)
+    kernel = torch.exp(-0.5 * (offsets / sigma.view(-1, 1).to(views.dtype)) ** 2)
+    kernel = (kernel / kernel.sum(dim=1, keepdim=True)).repeat_interleave(3, dim=0)  # (3M, 2r + 1)
+    selected = views[rows]
+    m, c, h, w = selected.shape
+    x = F.pad(selected.reshape(1, m * c, h, w), (radius, radius, radius, radius), mode="reflect")
+    x = F.conv2d(x, kernel.view(m * c, 1, 1, -1), groups=m * c)
+    x = F.conv2d(x, kernel.view(m * c, 1, -1, 1), groups=m * c)
+    views[rows] = x.view(m, c, h, w)
+    return views
+
+
+def flip(views: Tensor, mask: Tensor) -> Tensor:
+    return _selected(views, mask, lambda v: v.flip(-1))
+
+
+def normalize(views: Tensor) -> Tensor:
+    """ToTensor + Normalize(ImageNet mean, std) for float views in [0, 1]."""
+    mean = torch.tensor(IMAGENET_MEAN, device=views.device, dtype=views.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=views.device, dtype=views.dtype).view(1, 3, 1, 1)
+    return (views - mean) / std
+
+
+def rgb_to_hsv(rgb: Tensor) -> Tensor:
+    """(M, 3, H, W) RGB in [0, 1] to HSV with hue in [0, 1) (torchvision's formulas)."""
+    r, g, b = rgb.unbind(dim=1)
+    maxc, _ = rgb.max(dim=1)
+    minc, _ = rgb.min(dim=1)
+    delta = maxc - minc
+    gray = delta == 0
+    safe_max = torch.where(gray, torch.ones_like(maxc), maxc)
+    saturation = delta / safe_max
+    safe_delta = torch.where(gray, torch.ones_like(delta), delta)
+    rc, gc, bc = (maxc - r) / safe_delta, (maxc - g) / safe_delta, (maxc - b) / safe_delta
+    hue = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
+    hue = torch.where(gray, torch.zeros_like(hue), hue)
+    hue = (hue / 6.0 + 1.0) % 1.0
+    return torch.stack([hue, saturation, maxc], dim=1)
+
+
+def hsv_to_rgb(hsv: Tensor) -> Tensor:
+    """The inverse of `rgb_to_hsv`."""
+    hue, saturation, value = hsv.unbind(dim=1)
+    sector = torch.floor(hue * 6.0)
+    fraction = hue * 6.0 - sector
+    sector = sector.long() % 6
+    p = (value * (1.0 - saturation)).clamp(0.0, 1.0)
+    q = (value * (1.0 - saturation * fraction)).clamp(0.0, 1.0)
+    t = (value * (1.0 - saturation * (1.0 - fraction))).clamp(0.0, 1.0)
+    # Sector s takes (r, g, b) from these candidates: (v,t,p) (q,v,p) (p,v,t) (p,q,v) (t,p,v) (v,p,q).
+    candidates = torch.stack([value, q, p, p, t, value, t, value, value, q, p, p, p, p, t, value, value, q],
+                             dim=1).view(hsv.shape[0], 3, 6, *hsv.shape[2:])
+    return candidates.gather(2, sector.unsqueeze(1).unsqueeze(1).expand(-1, 3, 1, -1, -1)).squeeze(2)
