@@ -44,11 +44,9 @@ def test_bench_measures_every_section_and_writes_json_and_markdown(tmp_path):
     assert results["machine"]["cores"] == os.cpu_count() and results["machine"]["device"] == "cpu"
     (cache,) = results["cache"]
     assert cache["short_side"] == 72 and cache["megabytes"] > 0  # 32 / sqrt(0.2) = 71.6, rounded up
-    assert {(r["resolution"], r["pipeline"]) for r in results["data"]} == {(32, "original"), (32, "cache"),
-                                                                           (32, "fast")}
-    assert {(r["runner"], r["data"]) for r in results["train"]} == {("plain", "original"),
-                                                                    ("lightning", "original"),
-                                                                    ("lightning", "fast")}
+    assert [r["pipeline"] for r in results["data"]] == ["original", "cache", "fast", "device"]
+    assert [(r["runner"], r["data"]) for r in results["train"]] == [
+        ("plain", "original"), ("lightning", "original"), ("lightning", "fast"), ("lightning", "device")]
     for row in results["data"] + results["train"]:
         assert len(row["window_images_per_s"]) == 2 and row["images_per_s"] > 0
     assert all(row["peak_memory_mb"] > 100 for row in results["train"])  # torch alone is a few hundred MB
@@ -62,4 +60,12 @@ def test_bench_measures_every_section_and_writes_json_and_markdown(tmp_path):
     markdown = (out / "bench.md").read_text()
     for heading in ("Data loading alone", "Pretraining throughput", "One epoch of the train split"):
         assert heading in markdown and heading in proc.stdout
-    assert "| resnet10 | 32 |" in markdown
+    assert "| resnet10 | 32 |" in markdown and "| project + device | / plain |" in markdown
+
+
+def test_bench_rejects_an_unknown_pipeline_in_one_line():
+    proc = subprocess.run([sys.executable, "-m", "s3l.bench", "--pipelines", "fast,gpu"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "unknown pipeline(s) gpu: choose from original, cache, fast, device" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,27 @@
+"""Pretraining throughput: this project (Lightning) against a plain PyTorch loop, and the upstream data
+pipeline against the fast cached one and the on-device augmentation.
+
+    python -m s3l.bench --archs resnet18,resnet50 --resolutions 56,112 --batch 32 --workers 2
+
+Sections (`--sections`):
+- data: images/s that a DataLoader delivers as ready two-view batches on the training device (no model),
+  for each pipeline of `--pipelines`: `original` (full JPEG decode + upstream MoCo v2 augmentation),
+  `cache` (the resized-image cache, same augmentation), `fast` (the cache + `fast_moco_v2_augmentation` +
+  `collate_normalized`) and `device` (the cache; workers draw the parameters, `realize_views` augments
+  whole batches on the device, timed with the loader).
+- train: MoCo v2 pretraining images/s of the project's MoCoV2 under the project's Trainer (built by
+  `s3l.stages.build`), against a plain loop (upstream `main_moco_pretraining.py` style: SGD,
+  `loss.backward()`, `optimizer.step()`, no Lightning) over the same model, optimizer, batch and DataLoader
+  (original pipeline); the project also runs with each other pipeline but `cache`. Each run is a fresh
+  process (unless --no-isolate), so peak memory (RSS on CPU, CUDA max allocated on GPU) is its own.
+- epoch: one epoch of the train split end to end: plain loop + original pipeline against project + fast.
+
+An image is one dataset image delivered as two augmented views (query and key). Rates are the median over
+`--windows` windows of `--steps` batches, after `--warmup` batches (at least the 2 x workers batches that
+the DataLoader prefetches, or the first windows look faster than the steady state). Timed runs draw
+`warmup + windows x steps` shuffled batches from the train split, repeating it as needed.
+Writes `<out>/bench.json` and `<out>/bench.md` and prints the tables.
+
+Modules: `cli` (arguments, caches, main), `data` (pipelines, loaders, the data section), `training` (the two
+training loops, the train and epoch sections), `report` (bench.md).
+"""

@@ -1,0 +1,120 @@
+"""`python -m s3l.bench`: arguments, the resized caches, the machine, and the run of every section."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+import torchvision
+from omegaconf import DictConfig
+
+from s3l.bench.data import PIPELINES, bench_data
+from s3l.bench.report import markdown
+from s3l.bench.training import CONFIGS, bench_epoch, bench_train, pretrain_config
+from s3l.config import check_group_options
+from s3l.data.cache import CachedImages, build_resized_cache, cache_short_side
+from s3l.data.datasets import build_dataset
+
+SECTIONS = ("data", "train", "epoch")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    import s3l.bench
+
+    parser = argparse.ArgumentParser(prog="python -m s3l.bench", description=s3l.bench.__doc__.split("\n\n")[0])
+    parser.add_argument("--archs", default="resnet18", help="comma-separated architectures")
+    parser.add_argument("--resolutions", default="56,112",
+                        help="comma-separated pretraining resolutions (224 is slow on a CPU)")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers")
+    parser.add_argument("--steps", type=int, default=8, help="batches per timed window")
+    parser.add_argument("--warmup", type=int, default=5, help="batches before the first window")
+    parser.add_argument("--windows", type=int, default=3, help="timed windows (the median is reported)")
+    parser.add_argument("--root", default="../shared/datasets/cub_200_2011_10cls/CUB_200_2011",
+                        help="CUB-200-2011 folder (official layout or train/ + val/)")
+    parser.add_argument("--out", type=Path, default=Path("bench_results"))
+    parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed", "16-mixed"])
+    parser.add_argument("--channels-last", action="store_true", help="channels_last model weights (both loops)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the encoders (both loops)")
+    parser.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated: data,train,epoch")
+    parser.add_argument("--pipelines", default=",".join(PIPELINES),
+                        help="comma-separated data pipelines: original,cache,fast,device (original is always run)")
+    parser.add_argument("--isolate", action=argparse.BooleanOptionalAction, default=True,
+                        help="each training run in a fresh process (own peak memory); --no-isolate: all in "
+                        "this one, faster to start, but then CPU peak memory is the largest so far")
+    args = parser.parse_args(argv)
+    args.archs = args.archs.split(",")
+    args.resolutions = [int(r) for r in args.resolutions.split(",")]
+    args.sections = args.sections.split(",")
+    chosen = args.pipelines.split(",")
+    args.pipelines = [name for name in PIPELINES if name == "original" or name in chosen]
+    for given, valid, what in ((args.sections, SECTIONS, "section"), (chosen, PIPELINES, "pipeline")):
+        unknown = set(given) - set(valid)
+        if unknown:
+            parser.error(f"unknown {what}(s) {', '.join(sorted(unknown))}: choose from {', '.join(valid)}")
+    problem = check_group_options([f"architecture={arch}" for arch in args.archs], CONFIGS)
+    if problem:
+        parser.error(problem)
+    if min(args.steps, args.warmup, args.windows, args.batch) < 1:
+        parser.error("--steps, --warmup, --windows and --batch must be at least 1")
+    return args
+
+
+def machine() -> dict:
+    """What the numbers were measured on."""
+    cpu = platform.processor() or "unknown"
+    with contextlib.suppress(OSError):
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    cuda = torch.cuda.is_available()
+    return {"cpu": cpu, "cores": os.cpu_count(), "device": torch.cuda.get_device_name(0) if cuda else "cpu",
+            "torch": torch.__version__, "torchvision": torchvision.__version__, "lightning": L.__version__,
+            "python": platform.python_version(), "intra_op_threads": torch.get_num_threads(),
+            "load_average": os.getloadavg()}
+
+
+def build_caches(args: argparse.Namespace, augmentation: DictConfig, scratch: Path) -> tuple[dict, list[dict]]:
+    """The train split read from files, and its resized cache for each resolution (build time measured)."""
+    original = build_dataset("cub200", args.root, "train", "skip")
+    datasets: dict = {"original": original}
+    builds = []
+    for resolution in args.resolutions:
+        side = cache_short_side(resolution, augmentation.min_scale)
+        start = time.perf_counter()
+        folder = build_resized_cache(original, side, scratch / "cache")
+        builds.append({"resolution": resolution, "short_side": side, "build_s": time.perf_counter() - start,
+                       "megabytes": sum(f.stat().st_size for f in folder.iterdir()) / 2**20})
+        datasets[resolution] = CachedImages(folder)
+    return datasets, builds
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    scratch = args.out / "scratch"
+    shutil.rmtree(scratch, ignore_errors=True)
+    results: dict = {"machine": machine(), "settings": {k: str(v) if isinstance(v, Path) else v
+                                                        for k, v in vars(args).items()}}
+    cfg, _ = pretrain_config(args.archs[0], args.resolutions[0], args, scratch, None)
+    datasets, results["cache"] = build_caches(args, cfg.method.augmentation, scratch)
+    if "data" in args.sections:
+        results["data"] = bench_data(args, datasets, cfg.method.augmentation)
+    if "train" in args.sections:
+        results["train"] = bench_train(args, datasets, scratch)
+    if "epoch" in args.sections:
+        results["epoch"] = bench_epoch(args, datasets, scratch)
+    results["machine"]["load_average_end"] = os.getloadavg()
+    shutil.rmtree(scratch, ignore_errors=True)
+    (args.out / "bench.json").write_text(json.dumps(results, indent=2))
+    report = markdown(results)
+    (args.out / "bench.md").write_text(report)
+    print(report)
+    return results

@@ -1,0 +1,83 @@
+"""bench.md: the machine, then one table per section that ran."""
+
+from __future__ import annotations
+
+from s3l.bench.training import train_runs
+
+
+def markdown(results: dict) -> str:
+    m, s = results["machine"], results["settings"]
+    lines = [
+        "# S3L pretraining benchmark", "",
+        f"- machine: {m['cpu']}, {m['cores']} cores, device {m['device']}; torch {m['torch']}, "
+        f"torchvision {m['torchvision']}, lightning {m['lightning']}, Python {m['python']}; "
+        f"{m['intra_op_threads']} intra-op threads per training process",
+        f"- load average (1, 5, 15 min) at start {fmt_load(m['load_average'])}, "
+        f"at end {fmt_load(m['load_average_end'])}",
+        f"- batch {s['batch']}, {s['workers']} workers, precision {s['precision']}, channels_last "
+        f"{s['channels_last']}, compile {s['compile']}; median of {s['windows']} windows of {s['steps']} "
+        f"batches after {s['warmup']} warm-up batches; 1 image = 2 views",
+        "", "## Resized-image cache (built once per resolution)", "",
+        "| resolution | cached short side | build s | size MB |", "|---:|---:|---:|---:|",
+    ]
+    lines += [f"| {c['resolution']} | {c['short_side']} | {c['build_s']:.1f} | {c['megabytes']:.0f} |"
+              for c in results["cache"]]
+    if "data" in results:
+        lines += data_table(results["data"], s["resolutions"], s["pipelines"])
+    if "train" in results:
+        lines += train_table(results["train"], s["archs"], s["resolutions"], train_runs(s["pipelines"]))
+    if "epoch" in results:
+        lines += epoch_table(results["epoch"], s["resolutions"])
+    return "\n".join(lines) + "\n"
+
+
+def data_table(rows: list[dict], resolutions: list[int], pipelines: list[str]) -> list[str]:
+    others = [name for name in pipelines if name != "original"]
+    lines = ["", "## Data loading alone (images/s as ready two-view batches on the device, no model)", "",
+             "| resolution | " + " | ".join(pipelines) + " | " + " | ".join(f"{n} / original" for n in others) + " |",
+             "|" + "---:|" * (1 + len(pipelines) + len(others))]
+    for resolution in resolutions:
+        rate = {r["pipeline"]: r["images_per_s"] for r in rows if r["resolution"] == resolution}
+        cells = [f"{rate[name]:.0f}" for name in pipelines] + [f"{rate[n] / rate['original']:.2f}x" for n in others]
+        lines.append(f"| {resolution} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def train_table(rows: list[dict], archs: list[str], resolutions: list[int], runs: list[tuple]) -> list[str]:
+    project = [data for runner, data in runs if runner == "lightning"]
+    header = ["arch", "resolution", "plain + original"]
+    for data in project:
+        header += [f"project + {data}", "/ plain"]
+    header += ["peak MB plain", "peak MB project + original"]
+    lines = ["", "## Pretraining throughput (images/s) and peak memory", "",
+             "Ratios: each project run over the plain loop with the original pipeline.", "",
+             "| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    for arch in archs:
+        for resolution in resolutions:
+            run = {(r["runner"], r["data"]): r for r in rows if r["arch"] == arch and r["resolution"] == resolution}
+            plain = run[("plain", "original")]
+            cells = [arch, str(resolution), f"{plain['images_per_s']:.1f}"]
+            for data in project:
+                rate = run[("lightning", data)]["images_per_s"]
+                cells += [f"{rate:.1f}", f"{rate / plain['images_per_s']:.3f}"]
+            cells += [f"{plain['peak_memory_mb']:.0f}", f"{run[('lightning', 'original')]['peak_memory_mb']:.0f}"]
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def epoch_table(rows: list[dict], resolutions: list[int]) -> list[str]:
+    lines = ["", "## One epoch of the train split, end to end", "",
+             "Full-CUB column: this epoch's seconds per image x 5,994 train images (extrapolated).", "",
+             "| arch | resolution | images | plain + original s | project + fast s (whole fit s) | "
+             "speed-up | full CUB epoch plain / project (min) |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for resolution in resolutions:
+        plain, project = (r for r in rows if r["resolution"] == resolution)
+        lines.append(
+            f"| {plain['arch']} | {resolution} | {plain['images']} | {plain['epoch_s']:.1f} | "
+            f"{project['epoch_s']:.1f} ({project['fit_s']:.1f}) | {plain['epoch_s'] / project['epoch_s']:.2f}x "
+            f"| {plain['full_cub_epoch_s'] / 60:.1f} / {project['full_cub_epoch_s'] / 60:.1f} |")
+    return lines
+
+
+def fmt_load(load: list[float]) -> str:
+    return ", ".join(f"{value:.2f}" for value in load)
