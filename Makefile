@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint install clean
+.PHONY: run test lint install bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,6 +16,10 @@ install: $(STAMP)
 
 run: $(STAMP)
 	$(PY) train.py
+
+# The throughput benchmark (minutes; not part of the tests): BENCH_ARGS="--archs resnet50 ..." to change it.
+bench: $(STAMP)
+	$(PY) -m s3l.bench $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check s3l tests train.py

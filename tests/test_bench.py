@@ -1,5 +1,6 @@
 """`python -m s3l.bench` end to end with tiny settings, on a 2-class copy of the real CUB subset."""
 
+import argparse
 import json
 import os
 import shutil
@@ -58,7 +59,12 @@ def test_bench_measures_every_section_and_writes_json_and_markdown(tmp_path):
         assert 0 < row["epoch_s"] <= row["fit_s"] + 1e-6 and row["full_cub_epoch_s"] > row["epoch_s"]
 
     markdown = (out / "bench.md").read_text()
-    for heading in ("Data loading alone", "Pretraining throughput", "One epoch of the train split"):
+    profile = {r["pipeline"]: r for r in results["profile"]}
+    assert list(profile) == ["original", "cache", "fast", "device"]
+    assert "draw parameters" in profile["device"]["ms_per_image"] and "draw parameters" not in profile["fast"]["ms_per_image"]
+    for row in profile.values():
+        assert row["total_ms_per_image"] == pytest.approx(sum(row["ms_per_image"].values())) and row["total_ms_per_image"] > 0
+    for heading in ("Data loading alone", "Where the time goes", "Pretraining throughput", "One epoch of the train split"):
         assert heading in markdown and heading in proc.stdout
     assert "| resnet10 | 32 |" in markdown and "| project + device | / plain |" in markdown
 
@@ -69,3 +75,24 @@ def test_bench_rejects_an_unknown_pipeline_in_one_line():
     assert proc.returncode == 2
     assert "unknown pipeline(s) gpu: choose from original, cache, fast, device" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_repeated_training_runs_alternate_their_order_and_pool_their_windows(monkeypatch, tmp_path):
+    from s3l.bench import training
+
+    order = []
+
+    def fake_run(job):
+        order.append((job["runner"], job["data"]))
+        rate = 10.0 if job["runner"] == "plain" else 20.0
+        return {"times": [0.0, 8 / rate, 16 / rate], "peak_memory_mb": float(len(order))}
+
+    monkeypatch.setattr(training, "isolated", fake_run)
+    args = argparse.Namespace(archs=["resnet10"], resolutions=[32], pipelines=["original", "cache", "fast"],
+                              repeats=3, steps=2, batch=4, warmup=1, windows=2)
+    rows = training.bench_train(args, {}, tmp_path)
+    abc = [("plain", "original"), ("lightning", "original"), ("lightning", "fast")]
+    assert order == abc + abc[::-1] + abc
+    plain = rows[0]
+    assert plain["repeats"] == 3 and plain["window_images_per_s"] == [10.0] * 6 and plain["images_per_s"] == 10.0
+    assert plain["peak_memory_mb"] == 7.0  # the largest of its three runs (calls 1, 6 and 7)

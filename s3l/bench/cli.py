@@ -17,13 +17,20 @@ import torchvision
 from omegaconf import DictConfig
 
 from s3l.bench.data import PIPELINES, bench_data
+from s3l.bench.profile import bench_profile
 from s3l.bench.report import markdown
 from s3l.bench.training import CONFIGS, bench_epoch, bench_train, pretrain_config
 from s3l.config import check_group_options
 from s3l.data.cache import CachedImages, build_resized_cache, cache_short_side
 from s3l.data.datasets import build_dataset
 
-SECTIONS = ("data", "train", "epoch")
+SECTIONS = ("data", "profile", "train", "epoch")
+# glibc reads these when a process starts. By default it serves large blocks (>= 128 KiB, raised
+# dynamically up to 32 MiB) with fresh mmaps and returns freed heap tops to the OS, so a CPU training step
+# can page-fault its activations in anew each time, by an amount that depends on the process's allocation
+# history. Fixed thresholds keep those buffers in the heap. On a 2-core machine this took resnet50 at
+# 112 px from 4.8-5.2 s to 4.5-4.7 s per step, plain loop and project alike (docs/benchmarks.md).
+STEADY_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(16 * 2**30)}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -44,9 +51,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed", "16-mixed"])
     parser.add_argument("--channels-last", action="store_true", help="channels_last model weights (both loops)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the encoders (both loops)")
-    parser.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated: data,train,epoch")
+    parser.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated: data,profile,train,epoch")
+    parser.add_argument("--profile-images", type=int, default=96, help="images per pass in the profile section")
     parser.add_argument("--pipelines", default=",".join(PIPELINES),
                         help="comma-separated data pipelines: original,cache,fast,device (original is always run)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="train section: run each training job this many times, in alternating order")
+    parser.add_argument("--steady-malloc", action="store_true",
+                        help="fix glibc malloc's mmap and trim thresholds in the training processes (see "
+                        "STEADY_MALLOC): on CPUs, page faults on fresh activation buffers otherwise vary with "
+                        "each process's allocation history by several percent")
     parser.add_argument("--isolate", action=argparse.BooleanOptionalAction, default=True,
                         help="each training run in a fresh process (own peak memory); --no-isolate: all in "
                         "this one, faster to start, but then CPU peak memory is the largest so far")
@@ -63,8 +77,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     problem = check_group_options([f"architecture={arch}" for arch in args.archs], CONFIGS)
     if problem:
         parser.error(problem)
-    if min(args.steps, args.warmup, args.windows, args.batch) < 1:
-        parser.error("--steps, --warmup, --windows and --batch must be at least 1")
+    if args.steady_malloc and not args.isolate:
+        parser.error("--steady-malloc applies to fresh processes: drop --no-isolate")
+    if min(args.steps, args.warmup, args.windows, args.batch, args.repeats, args.profile_images) < 1:
+        parser.error("--steps, --warmup, --windows, --batch, --repeats and --profile-images must be at least 1")
     return args
 
 
@@ -98,6 +114,8 @@ def build_caches(args: argparse.Namespace, augmentation: DictConfig, scratch: Pa
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    if args.steady_malloc:
+        os.environ.update(STEADY_MALLOC)  # inherited by the training processes `isolated` spawns
     args.out.mkdir(parents=True, exist_ok=True)
     scratch = args.out / "scratch"
     shutil.rmtree(scratch, ignore_errors=True)
@@ -107,6 +125,8 @@ def main(argv: list[str] | None = None) -> dict:
     datasets, results["cache"] = build_caches(args, cfg.method.augmentation, scratch)
     if "data" in args.sections:
         results["data"] = bench_data(args, datasets, cfg.method.augmentation)
+    if "profile" in args.sections:
+        results["profile"] = bench_profile(args, datasets, cfg.method.augmentation)
     if "train" in args.sections:
         results["train"] = bench_train(args, datasets, scratch)
     if "epoch" in args.sections:

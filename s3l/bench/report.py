@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from s3l.bench.profile import ORDER
 from s3l.bench.training import train_runs
 
 
@@ -15,7 +16,8 @@ def markdown(results: dict) -> str:
         f"- load average (1, 5, 15 min) at start {fmt_load(m['load_average'])}, "
         f"at end {fmt_load(m['load_average_end'])}",
         f"- batch {s['batch']}, {s['workers']} workers, precision {s['precision']}, channels_last "
-        f"{s['channels_last']}, compile {s['compile']}; median of {s['windows']} windows of {s['steps']} "
+        f"{s['channels_last']}, compile {s['compile']}, steady malloc {s['steady_malloc']}; median of "
+        f"{s['windows']} windows x {s['repeats']} repeats of {s['steps']} "
         f"batches after {s['warmup']} warm-up batches; 1 image = 2 views",
         "", "## Resized-image cache (built once per resolution)", "",
         "| resolution | cached short side | build s | size MB |", "|---:|---:|---:|---:|",
@@ -24,6 +26,8 @@ def markdown(results: dict) -> str:
               for c in results["cache"]]
     if "data" in results:
         lines += data_table(results["data"], s["resolutions"], s["pipelines"])
+    if "profile" in results:
+        lines += profile_table(results["profile"], s["resolutions"], s["pipelines"])
     if "train" in results:
         lines += train_table(results["train"], s["archs"], s["resolutions"], train_runs(s["pipelines"]))
     if "epoch" in results:
@@ -40,6 +44,25 @@ def data_table(rows: list[dict], resolutions: list[int], pipelines: list[str]) -
         rate = {r["pipeline"]: r["images_per_s"] for r in rows if r["resolution"] == resolution}
         cells = [f"{rate[name]:.0f}" for name in pipelines] + [f"{rate[n] / rate['original']:.2f}x" for n in others]
         lines.append(f"| {resolution} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def profile_table(rows: list[dict], resolutions: list[int], pipelines: list[str]) -> list[str]:
+    lines = ["", "## Where the time goes (ms per image of two views, one CPU thread, no workers)", ""]
+    for resolution in resolutions:
+        found = {r["pipeline"]: r for r in rows if r["resolution"] == resolution}
+        steps = [step for step in ORDER if any(step in found[name]["ms_per_image"] for name in pipelines)]
+        lines += [f"{resolution} px:", "", "| step | " + " | ".join(pipelines) + " |",
+                  "|---|" + "---:|" * len(pipelines)]
+        for step in steps:
+            cells = [f"{found[name]['ms_per_image'][step]:.2f}" if step in found[name]["ms_per_image"] else "-"
+                     for name in pipelines]
+            lines.append(f"| {step} | " + " | ".join(cells) + " |")
+        total = {name: found[name]["total_ms_per_image"] for name in pipelines}
+        lines.append("| **total** | " + " | ".join(f"**{total[name]:.2f}**" for name in pipelines) + " |")
+        lines.append("| original / this | " + " | ".join(f"{total['original'] / total[name]:.2f}x"
+                                                        for name in pipelines) + " |")
+        lines.append("")
     return lines
 
 

@@ -210,21 +210,31 @@ def train_runs(pipelines: list[str]) -> list[tuple[str, str]]:
 
 
 def bench_train(args: argparse.Namespace, datasets: dict, scratch: Path) -> list[dict]:
-    """Steady-state pretraining images/s of the plain loop and the project, in fresh processes."""
+    """Steady-state pretraining images/s of the plain loop and the project, in fresh processes.
+
+    With --repeats R, the runs of one (arch, resolution) go R times in alternating order (ABC CBA ...), so a
+    machine that slowly gets busier or quieter favours none of them; each rate is the median of all windows.
+    """
     rows = []
     batches = window_marks(args)[-1]
+    runs = train_runs(args.pipelines)
     for arch in args.archs:
         for resolution in args.resolutions:
-            for runner, data in train_runs(args.pipelines):
-                job = {"args": args, "arch": arch, "resolution": resolution, "runner": runner, "data": data,
-                       "datasets": datasets, "batches": batches, "run_dir": str(scratch / f"{arch}_{resolution}_{runner}_{data}")}
-                result = isolated(job)
-                rates = window_rates(result["times"], args.steps, args.batch)
+            results: dict[tuple, list[dict]] = {run: [] for run in runs}
+            for repeat in range(args.repeats):
+                for runner, data in runs if repeat % 2 == 0 else runs[::-1]:
+                    job = {"args": args, "arch": arch, "resolution": resolution, "runner": runner, "data": data,
+                           "datasets": datasets, "batches": batches,
+                           "run_dir": str(scratch / f"{arch}_{resolution}_{runner}_{data}_{repeat}")}
+                    results[(runner, data)].append(isolated(job))
+            for (runner, data), done in results.items():
+                rates = [rate for result in done for rate in window_rates(result["times"], args.steps, args.batch)]
+                peak = max(result["peak_memory_mb"] for result in done)
                 rows.append({"arch": arch, "resolution": resolution, "runner": runner, "data": data,
                              "images_per_s": statistics.median(rates), "window_images_per_s": rates,
-                             "peak_memory_mb": result["peak_memory_mb"]})
+                             "repeats": len(done), "peak_memory_mb": peak})
                 print(f"train {arch} {resolution:>4} px {runner:>9} + {data:>8} data: "
-                      f"{rows[-1]['images_per_s']:7.1f} img/s, peak {result['peak_memory_mb']:.0f} MB", flush=True)
+                      f"{rows[-1]['images_per_s']:7.1f} img/s, peak {peak:.0f} MB", flush=True)
     return rows
 
 

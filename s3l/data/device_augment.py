@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import torch
@@ -82,23 +83,22 @@ class RawViewsTransform:
 
     def draw_view_params(self, pixels: Tensor) -> Tensor:
         """One view's parameters, drawn with the same calls in the same order as the PIL pipeline."""
-        row = torch.zeros(PARAMS)
-        row[[TOP, LEFT, HEIGHT, WIDTH]] = torch.tensor(
-            transforms.RandomResizedCrop.get_params(pixels, [self.min_scale, 1.0], [3 / 4, 4 / 3]),
-            dtype=torch.float32,
+        row = [0.0] * PARAMS
+        row[TOP], row[LEFT], row[HEIGHT], row[WIDTH] = transforms.RandomResizedCrop.get_params(
+            pixels, [self.min_scale, 1.0], [3 / 4, 4 / 3]
         )
         if not JITTER_P < torch.rand(1):  # RandomApply's test
             j = self._jitter
             order, *factors = j.get_params(j.brightness, j.contrast, j.saturation, j.hue)
-            row[JITTER] = 1
-            row[ORDER] = order.float()
-            row[[BRIGHTNESS, CONTRAST, SATURATION, HUE]] = torch.tensor(factors, dtype=torch.float32)
+            row[JITTER] = 1.0
+            row[ORDER] = order.tolist()
+            row[BRIGHTNESS], row[CONTRAST], row[SATURATION], row[HUE] = factors
         row[GRAY] = float(torch.rand(1) < GRAY_P)  # RandomGrayscale's test
         if not BLUR_P < torch.rand(1):
-            row[BLUR] = 1
+            row[BLUR] = 1.0
             row[SIGMA] = random.uniform(*self.blur_sigma)  # Python's random, as PILGaussianBlur
         row[FLIP] = float(torch.rand(1) < FLIP_P)  # RandomHorizontalFlip's test
-        return row
+        return torch.tensor(row, dtype=torch.float32)
 
 
 def collate_raw_views(samples: list, size: int) -> RawViews:
@@ -139,15 +139,22 @@ def realize_views(batch):
 
 def augment_views(images: Tensor, params: Tensor, size: int, views_per_image: int = 1) -> Tensor:
     """float views in [0, 1], (M, 3, size, size), from uint8 images (N, 3, H, W) and M = N x views_per_image
-    rows of view parameters (view v of image i at row i x views_per_image + v).
+    rows of view parameters (view v of image i at row i x views_per_image + v)."""
+    *_, (_, views) = augment_steps(images, params, size, views_per_image)
+    return views
+
+
+def augment_steps(images: Tensor, params: Tensor, size: int, views_per_image: int = 1) -> Iterator[tuple]:
+    """`augment_views` one step at a time, as (step name, views so far); `s3l.bench` times the steps.
 
     The crops are a new tensor, so the later steps work on it in place.
     """
     views = resized_crops(images.float().div_(255), params, size, views_per_image)
-    views = color_jitter(views, params)
+    yield "crop + resize", views
+    yield "colour jitter", color_jitter(views, params)
     views = grayscale(views, params[:, GRAY] > 0)
     views = gaussian_blur(views, params[:, BLUR] > 0, params[:, SIGMA])
-    return flip(views, params[:, FLIP] > 0)
+    yield "grayscale + blur + flip", flip(views, params[:, FLIP] > 0)
 
 
 def resized_crops(images: Tensor, params: Tensor, size: int, views_per_image: int = 1) -> Tensor:
