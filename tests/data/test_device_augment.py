@@ -166,7 +166,7 @@ def test_same_seeds_give_the_pil_pipelines_views_up_to_filter_differences(size):
         errors.append((ours - pil).mul(STD).abs().mean().item())  # in [0, 1] pixel units
         other_seed.append((device_views(image, seed + 100, size)[0] - pil).mul(STD).abs().mean().item())
     # Resize and blur filters differ (roi_align area sampling vs PIL's triangle filter, a true Gaussian vs
-    # PIL's box approximation) and PIL rounds to uint8 after each step: a few percent of the pixel range,
-    # where views of other draws differ by ~10x more.
-    assert max(errors) < 0.035, errors
+    # PIL's box approximation) and PIL rounds to uint8 after each step: measured 0.5 to 0.9% of the pixel
+    # range on average, where views of other draws differ by 8 to 15%.
+    assert max(errors) < 0.02, errors
     assert min(other_seed) > 3 * max(errors), (errors, other_seed)
