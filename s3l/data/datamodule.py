@@ -48,7 +48,7 @@ def pretrain_transform(
     """
     min_scale, sigma = augmentation.min_scale, tuple(augmentation.blur_sigma)
     if augment_on == "device":
-        return RawViewsTransform(resolution, min_scale, sigma), RawViewsCollate(resolution)
+        return RawViewsTransform(min_scale, sigma), RawViewsCollate(resolution)
     if fast:
         return TwoCropsTransform(fast_moco_v2_augmentation(resolution, min_scale, sigma)), collate_normalized
     return TwoCropsTransform(moco_v2_augmentation(resolution, min_scale, sigma)), None

@@ -2,7 +2,7 @@
 views are cropped, resized, jittered, blurred and flipped in whole batches on the training device.
 
 Why: at 56 and 112 px, once the resized-image cache removes the JPEG decode, what is left per image is the
-per-view PIL augmentation (about 4 ms per image at 112 px on one CPU core, docs/benchmarks.md). A GPU
+per-view PIL augmentation (about 5 ms per image at 112 px on one CPU core, docs/benchmarks.md). A GPU
 does the same work for a batch of 256 views in a few milliseconds, so the CPU workers no longer decide how
 fast the GPU is fed.
 
@@ -71,8 +71,7 @@ class RawViews(NamedTuple):
 class RawViewsTransform:
     """The worker's part: the image as a uint8 tensor and the parameters of its two views."""
 
-    def __init__(self, size: int, min_scale: float, blur_sigma: tuple[float, float]) -> None:
-        self.size = size
+    def __init__(self, min_scale: float, blur_sigma: tuple[float, float]) -> None:
         self.min_scale = min_scale
         self.blur_sigma = tuple(blur_sigma)
         self._jitter = transforms.ColorJitter(*JITTER_STRENGTHS)  # holds the factor ranges

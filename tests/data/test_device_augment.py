@@ -147,7 +147,7 @@ def pil_views(image, seed, size):
 def device_views(image, seed, size):
     torch.manual_seed(seed)
     random.seed(seed)
-    sample = da.RawViewsTransform(size, 0.2, (0.1, 2.0))(image)
+    sample = da.RawViewsTransform(0.2, (0.1, 2.0))(image)
     state = torch.get_rng_state(), random.getstate()
     (q, k), _ = da.realize_views(da.collate_raw_views([(sample, 0)], size))
     return torch.cat([q, k]), *state
