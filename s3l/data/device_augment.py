@@ -77,7 +77,7 @@ class RawViewsTransform:
         self._jitter = transforms.ColorJitter(*JITTER_STRENGTHS)  # holds the factor ranges
 
     def __call__(self, image: Image.Image) -> tuple[Tensor, Tensor]:
-        pixels = pil_to_tensor(image.convert("RGB"))
+        pixels = pil_to_tensor(image)  # every dataset already serves RGB (load_rgb, CachedImages, digits)
         return pixels, torch.stack([self.draw_view_params(pixels) for _ in range(2)])
 
     def draw_view_params(self, pixels: Tensor) -> Tensor:
