@@ -3,13 +3,16 @@
 Every dataset returns `(PIL RGB image, int label)` and exposes `.classes` (names) and `.targets`
 (labels in sample order). File-backed datasets decode every image once at construction, so that a
 broken or non-photo file stops the run in its first seconds (`bad_images="fail"`) or is dropped with
-a warning (`bad_images="skip"`), instead of crashing a DataLoader worker hours later.
+a warning (`bad_images="skip"`), instead of crashing a DataLoader worker hours later. Metadata and
+folders are checked as strictly: a path that leaves the dataset, a repeated id or an unreadable folder
+is one S3LError naming the file (and line), never a traceback or a silently smaller dataset.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,6 +20,8 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from s3l.data.cub_metadata import CUB_LAYOUT, find_official_cub, read_official_cub
+from s3l.data.images import display_path, image_problem, load_rgb
 from s3l.errors import S3LError
 
 logger = logging.getLogger("s3l.data")
@@ -26,55 +31,26 @@ SPLITS = ("train", "test")
 BAD_IMAGE_POLICIES = ("skip", "fail")
 # Files with these extensions are looked at (case-insensitive); anything else in a class folder is ignored.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
-# GIF decodes fine but is a palette graphics format (icons, "image not found" placeholders), not a photo.
-NON_PHOTO_FORMATS = ("GIF",)
 # The test split is called val/ by the upstream code (ImageNet style) and test/ by many others.
 SPLIT_FOLDERS = {"train": ("train",), "test": ("val", "test")}
 
-CUB_DIR = "CUB_200_2011"
-CUB_FILES = ("images.txt", "train_test_split.txt", "image_class_labels.txt", "classes.txt")
-CUB_ARCHIVE = "official archive: CUB_200_2011.tgz from https://data.caltech.edu/records/65de6-vp158"
-CUB_LAYOUT = (
-    f"expected {CUB_DIR}/ with {', '.join(CUB_FILES)} and images/ ({CUB_ARCHIVE}), "
-    "or train/ and val/ class folders"
-)
 FOLDER_LAYOUT = "expected train/<class>/ and val/<class>/ (or test/<class>/) folders of images"
-
-
-def load_rgb(path: str | os.PathLike) -> Image.Image:
-    """Open an image file and return it decoded as RGB (grayscale, palette and CMYK are converted)."""
-    with Image.open(path) as image:
-        if image.mode == "P" and "transparency" in image.info:
-            # Going through RGBA avoids PIL's warning about byte-encoded palette transparency.
-            image = image.convert("RGBA")
-        return image.convert("RGB")
-
-
-def image_problem(path: Path) -> str | None:
-    """Why `path` is not a usable photo (unreadable, truncated, not a photo format), or None if it is."""
-    try:
-        with Image.open(path) as image:
-            if image.format in NON_PHOTO_FORMATS:
-                return f"{image.format} is a graphics format, not a photo"
-            # Decode the whole file: Image.verify() does not notice a truncated JPEG. JPEGs decode at 1/8
-            # scale, which still reads and entropy-decodes every byte but skips most of the work.
-            image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
-            image.load()
-    # Decoders raise OSError, SyntaxError, EOFError, ValueError...: any of them means unusable.
-    except Exception as error:
-        return str(error) or type(error).__name__
-    return None
-
-
 class LabelledImages(Dataset):
     """Image files with integer labels, checked once at construction.
 
     `samples` holds `(path, label)` pairs; files that fail `image_problem` are dropped and listed in
-    `.skipped` (policy "skip") or raise S3LError (policy "fail").
+    `.skipped` (policy "skip") or raise S3LError (policy "fail"). With `every_class`, a class left
+    without any usable image raises S3LError too (a training split must show every class).
     """
 
     def __init__(
-        self, samples: list[tuple[Path, int]], classes: list[str], bad_images: str, where: str, layout: str
+        self,
+        samples: list[tuple[Path, int]],
+        classes: list[str],
+        bad_images: str,
+        where: str,
+        layout: str,
+        every_class: bool = False,
     ) -> None:
         self.classes = classes
         self.skipped: list[Path] = []
@@ -83,6 +59,8 @@ class LabelledImages(Dataset):
         if not self.samples:
             found = f"{len(samples)} found, none usable, see the warnings" if samples else "no image files"
             raise S3LError(f"{where} has no usable images ({found}): {layout}")
+        if every_class:
+            self._check_every_class(where)
 
     def _usable(self, samples: list[tuple[Path, int]], bad_images: str) -> list[tuple[Path, int]]:
         # Decoding releases the GIL, so threads check files in parallel.
@@ -94,12 +72,23 @@ class LabelledImages(Dataset):
                 usable.append((path, label))
             elif bad_images == "fail":
                 raise S3LError(
-                    f"dataset image '{path}' is unusable ({problem}): remove it or set dataset.bad_images=skip"
+                    f"dataset image '{display_path(path)}' is unusable ({problem}): "
+                    "remove it or set dataset.bad_images=skip"
                 )
             else:
-                logger.warning("skipping unusable image '%s' (%s)", path, problem)
+                logger.warning("skipping unusable image '%s' (%s)", display_path(path), problem)
                 self.skipped.append(path)
         return usable
+
+    def _check_every_class(self, where: str) -> None:
+        counts = np.bincount(self.targets, minlength=len(self.classes))
+        empty = [name for name, count in zip(self.classes, counts, strict=True) if count == 0]
+        if empty:
+            others = f" (and {len(empty) - 1} more)" if len(empty) > 1 else ""
+            raise S3LError(
+                f"{where} has no usable image of class '{display_path(empty[0])}'{others}: "
+                "every class needs training images, so add some or remove the class"
+            )
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -113,7 +102,8 @@ class ImageFolderSplit(LabelledImages):
     """One split of an ImageNet-style tree: `root/train/<class>/*` and `root/val/<class>/*`.
 
     The test split reads `val/` (the upstream name) or else `test/`. Classes are the sorted folder
-    names of `train/`, so both splits share one label mapping even if a test folder lacks a class.
+    names of `train/`, so both splits share one label mapping even if a test folder lacks a class
+    (a partial copy); every class needs a usable image in `train/`.
     """
 
     def __init__(self, root: str, split: str, bad_images: str) -> None:
@@ -121,9 +111,8 @@ class ImageFolderSplit(LabelledImages):
         _check_policy(bad_images)
         root_path = _existing_root(root, FOLDER_LAYOUT)
         samples, classes, split_dir = _scan_folders(root_path, split, FOLDER_LAYOUT)
-        super().__init__(
-            samples, classes, bad_images, f"dataset split '{split}' at '{split_dir}'", FOLDER_LAYOUT
-        )
+        where = f"dataset split '{split}' at '{display_path(split_dir)}'"
+        super().__init__(samples, classes, bad_images, where, FOLDER_LAYOUT, every_class=split == "train")
 
 
 class CUB200(LabelledImages):
@@ -140,14 +129,14 @@ class CUB200(LabelledImages):
         _check_split(split)
         _check_policy(bad_images)
         root_path = _existing_root(root, CUB_LAYOUT)
-        official = _find_official_cub(root_path)
+        official = find_official_cub(root_path)
         if official is not None:
-            samples, classes = _read_official_cub(official, split)
-            where = f"dataset split '{split}' of '{official}'"
+            samples, classes = read_official_cub(official, split)
+            where = f"dataset split '{split}' of '{display_path(official)}'"
         else:
             samples, classes, split_dir = _scan_folders(root_path, split, CUB_LAYOUT)
-            where = f"dataset split '{split}' at '{split_dir}'"
-        super().__init__(samples, classes, bad_images, where, CUB_LAYOUT)
+            where = f"dataset split '{split}' at '{display_path(split_dir)}'"
+        super().__init__(samples, classes, bad_images, where, CUB_LAYOUT, every_class=split == "train")
 
 
 class Digits(Dataset):
@@ -217,7 +206,7 @@ def _check_policy(bad_images: str) -> None:
 def _existing_root(root: str, layout: str) -> Path:
     path = Path(root).expanduser()
     if not path.is_dir():
-        raise S3LError(f"dataset.root '{root}' does not exist or is not a folder: {layout}")
+        raise S3LError(f"dataset.root '{display_path(root)}' does not exist or is not a folder: {layout}")
     return path
 
 
@@ -227,100 +216,94 @@ def _scan_folders(root: Path, split: str, layout: str) -> tuple[list[tuple[Path,
     split_dir = next((root / name for name in SPLIT_FOLDERS[split] if (root / name).is_dir()), None)
     if not train_dir.is_dir():
         # train/ names the classes of both splits, so the test split needs it too.
-        raise S3LError(f"dataset.root '{root}' has no train/ folder: {layout}")
+        raise S3LError(f"dataset.root '{display_path(root)}' has no train/ folder: {layout}")
     if split_dir is None:
         wanted = "/ or ".join(SPLIT_FOLDERS[split])
-        raise S3LError(f"dataset.root '{root}' has no {wanted}/ folder for split '{split}': {layout}")
+        raise S3LError(
+            f"dataset.root '{display_path(root)}' has no {wanted}/ folder for split '{split}': {layout}"
+        )
     classes = _class_folders(train_dir)
     if not classes:
-        raise S3LError(f"dataset.root '{root}' has no class folders in train/: {layout}")
+        raise S3LError(f"dataset.root '{display_path(root)}' has no class folders in train/: {layout}")
     label_of = {name: label for label, name in enumerate(classes)}
     samples = []
+    visited = _real_ancestry(split_dir)
     for name in _class_folders(split_dir):
         if name not in label_of:
             raise S3LError(
-                f"class folder '{split_dir / name}' has no counterpart in '{train_dir}': "
-                "the train and test splits must use the same class folder names"
+                f"class folder '{display_path(split_dir / name)}' has no counterpart in "
+                f"'{display_path(train_dir)}': the train and test splits must use the same class folder names"
             )
-        samples += [(path, label_of[name]) for path in _image_files(split_dir / name)]
+        samples += [(path, label_of[name]) for path in _image_files(split_dir / name, visited)]
     return samples, classes, split_dir
 
 
 def _class_folders(folder: Path) -> list[str]:
     # Hidden folders (.ipynb_checkpoints, .git) are not classes.
     return sorted(
-        entry.name for entry in folder.iterdir() if entry.is_dir() and not entry.name.startswith(".")
+        entry.name for entry in _entries(folder) if _is_folder(entry) and not entry.name.startswith(".")
     )
 
 
-def _image_files(folder: Path) -> list[Path]:
-    files = []
-    for parent, _, names in os.walk(folder, followlinks=True):
-        files += [Path(parent, name) for name in names if name.lower().endswith(IMAGE_EXTENSIONS)]
+def _real_ancestry(folder: Path) -> set[str]:
+    """The real paths of `folder` and of every folder above it: a link to any of them is a loop."""
+    real = Path(os.path.realpath(folder))
+    return {str(real), *(str(parent) for parent in real.parents)}
+
+
+def _image_files(folder: Path, visited: set[str]) -> list[Path]:
+    """The image files under the class folder `folder`, following symlinked folders, each real one once.
+
+    `visited` holds the real paths of the folders read so far (the split folder and those above it, the
+    classes before this one) and grows with this class's: a link back to one of them is a loop or would
+    list its files twice, so it is not followed.
+    """
+    real = os.path.realpath(folder)
+    if real in visited:
+        raise S3LError(
+            f"class folder '{display_path(folder)}' leads to '{display_path(real)}', which is read already "
+            "(the split folder, a folder above it, or another class): give each class its own folder"
+        )
+    visited.add(real)
+    files, pending = [], [folder]
+    while pending:
+        for entry in _entries(pending.pop()):
+            if _is_folder(entry):
+                target = os.path.realpath(entry.path)
+                if target in visited:
+                    logger.warning("not following folder '%s': its real location '%s' is read already",
+                                   display_path(entry.path), display_path(target))
+                else:
+                    visited.add(target)
+                    pending.append(Path(entry.path))
+            elif entry.name.lower().endswith(IMAGE_EXTENSIONS) and _is_file_or_broken(entry):
+                files.append(Path(entry.path))
     return sorted(files)
 
 
-def _find_official_cub(root: Path) -> Path | None:
-    """The folder holding the official CUB files (root or root/CUB_200_2011), or None if neither has any."""
-    for candidate in (root, root / CUB_DIR):
-        present = [name for name in (*CUB_FILES, "images") if (candidate / name).exists()]
-        if not present:
-            continue
-        missing = [name for name in (*CUB_FILES, "images/") if not (candidate / name).exists()]
-        if missing:
-            raise S3LError(f"CUB folder '{candidate}' lacks {', '.join(missing)}: {CUB_LAYOUT}")
-        return candidate
-    if not (root / "train").is_dir():
+def _entries(folder: Path) -> list[os.DirEntry]:
+    # A folder that cannot be listed would otherwise look like an empty class.
+    try:
+        with os.scandir(folder) as entries:
+            return list(entries)
+    except OSError as error:
         raise S3LError(
-            f"dataset.root '{root}' has neither {CUB_DIR}/ ({', '.join(CUB_FILES)}, images/) "
-            f"nor train/ and val/ class folders: {CUB_LAYOUT}"
-        )
-    return None
+            f"cannot list folder '{display_path(folder)}' ({error.strerror or error}): "
+            "make it readable or remove it from the dataset"
+        ) from None
 
 
-def _read_official_cub(folder: Path, split: str) -> tuple[list[tuple[Path, int]], list[str]]:
-    """Samples and class names of `split`, starting from images.txt and joining the other files on id."""
-    paths = _read_table(folder / "images.txt")
-    is_train = _read_table(folder / "train_test_split.txt")
-    class_of = _read_table(folder / "image_class_labels.txt")
-    class_names = _read_table(folder / "classes.txt")
-    for table, name in ((is_train, "train_test_split.txt"), (class_of, "image_class_labels.txt")):
-        absent = [image_id for image_id in paths if image_id not in table]
-        if absent:
-            raise S3LError(f"'{folder / name}' lacks image id {absent[0]} listed in images.txt: {CUB_LAYOUT}")
-    flags = {is_train[image_id] for image_id in paths} - {"0", "1"}
-    if flags:
-        raise S3LError(
-            f"'{folder / 'train_test_split.txt'}' has split flag {flags.pop()!r}, expected 1 (train) or 0 (test)"
-        )
-    class_ids = sorted({_as_id(class_of[image_id], folder / "image_class_labels.txt") for image_id in paths})
-    unnamed = [class_id for class_id in class_ids if class_id not in class_names]
-    if unnamed:
-        raise S3LError(f"'{folder / 'classes.txt'}' lacks class id {unnamed[0]}: {CUB_LAYOUT}")
-    label_of = {class_id: label for label, class_id in enumerate(class_ids)}
-    wanted = "1" if split == "train" else "0"
-    samples = [
-        (folder / "images" / path, label_of[int(class_of[image_id])])
-        for image_id, path in paths.items()
-        if is_train[image_id] == wanted
-    ]
-    return samples, [class_names[class_id] for class_id in class_ids]
+def _is_folder(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:  # a link to itself (ELOOP) is no folder; as a file, the bad-image policy reports it
+        return False
 
 
-def _read_table(path: Path) -> dict[int, str]:
-    """A CUB metadata file, "<id> <value>" per line, as {id: value}."""
-    table = {}
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        parts = line.split(maxsplit=1)
-        if not parts:
-            continue
-        if len(parts) != 2:
-            raise S3LError(f"'{path}' line {number} is not '<id> <value>': {line.strip()!r}; {CUB_LAYOUT}")
-        table[_as_id(parts[0], path)] = parts[1].strip()
-    return table
-
-
-def _as_id(text: str, path: Path) -> int:
-    if not text.isdigit():
-        raise S3LError(f"'{path}' has id {text!r} where a positive integer was expected: {CUB_LAYOUT}")
-    return int(text)
+def _is_file_or_broken(entry: os.DirEntry) -> bool:
+    # Named pipes, sockets and devices are skipped (opening a pipe would block forever), but a broken
+    # link is kept, so that the bad-image policy reports it instead of the image silently vanishing.
+    try:
+        return stat.S_ISREG(entry.stat().st_mode)
+    except OSError:
+        return True

@@ -1,6 +1,9 @@
 """Datasets on the real CUB subset and hymenoptera copies (../shared/datasets), plus sklearn digits."""
 
+import json
 import logging
+import os
+import re
 import shutil
 from pathlib import Path
 
@@ -19,6 +22,14 @@ CUB = CUB_PARENT / "CUB_200_2011"
 HYMENOPTERA = DATASETS / "hymenoptera_data"
 GRAYSCALE_IMAGE = "009.Brewer_Blackbird/Brewer_Blackbird_0028_2682.jpg"
 ARCHIVE_URL = "https://data.caltech.edu/records/65de6-vp158"
+TINY_CUB = {  # image id: (path under images/, split flag 1 = train / 0 = test, class id)
+    1: ("001.Albatross/a1.png", "1", 1),
+    2: ("001.Albatross/a2.png", "0", 1),
+    3: ("002.Auklet/b1.png", "1", 2),
+    4: ("002.Auklet/b2.png", "0", 2),
+}
+TINY_CUB_FILES = ("images.txt", "train_test_split.txt", "image_class_labels.txt", "classes.txt")
+UNDECODABLE = os.fsdecode(b"bad\xff.jpg")  # how Linux hands Python a file name that is not UTF-8
 
 
 @pytest.fixture(scope="module")
@@ -274,3 +285,273 @@ def test_build_dataset_rejects_unknown_name_and_missing_root():
 def test_unknown_bad_images_policy_raises():
     with pytest.raises(S3LError, match="skip, fail"):
         ImageFolderSplit(str(HYMENOPTERA), "train", "ignore")
+
+
+def _photo(path: Path, colour: tuple[int, int, int] = (200, 30, 30)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (8, 8), colour).save(path, format="PNG")
+    return path
+
+
+def _write_lines(path: Path, lines: list[str]) -> None:
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _append_line(path: Path, line: str) -> int:
+    """Append `line` to the text file `path` and return its line number."""
+    lines = path.read_text().splitlines() + [line]
+    _write_lines(path, lines)
+    return len(lines)
+
+
+def _tiny_cub(root: Path, rows: dict = TINY_CUB) -> Path:
+    """A generated CUB copy in the official layout (default: 2 classes of 1 train + 1 test image)."""
+    for relative, _, _ in rows.values():
+        _photo(root / "images" / relative)
+    _write_lines(root / "images.txt", [f"{i} {relative}" for i, (relative, _, _) in rows.items()])
+    _write_lines(root / "train_test_split.txt", [f"{i} {flag}" for i, (_, flag, _) in rows.items()])
+    _write_lines(root / "image_class_labels.txt", [f"{i} {class_id}" for i, (_, _, class_id) in rows.items()])
+    _write_lines(root / "classes.txt", ["1 001.Albatross", "2 002.Auklet"])
+    return root
+
+
+def test_tiny_cub_joins_its_files_on_id(tmp_path):
+    train = CUB200(str(_tiny_cub(tmp_path)), "train", "fail")
+    images = tmp_path / "images"
+    assert train.samples == [(images / "001.Albatross/a1.png", 0), (images / "002.Auklet/b1.png", 1)]
+    assert train.classes == ["001.Albatross", "002.Auklet"]
+
+
+@pytest.mark.parametrize("listed", ["{outside}", "../outside.png", "001.Albatross/../../outside.png"])
+def test_images_txt_path_leaving_images_names_file_and_line(tmp_path, listed):
+    _tiny_cub(tmp_path / "cub")
+    outside = _photo(tmp_path / "outside.png")
+    number = _append_line(tmp_path / "cub" / "images.txt", "5 " + listed.format(outside=outside))
+    expected = rf"images\.txt' line {number} names .* not a path inside images/"
+    with pytest.raises(S3LError, match=expected) as error:
+        CUB200(str(tmp_path / "cub"), "train", "fail")
+    assert "without '..'" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_images_txt_link_resolving_outside_images_is_refused(tmp_path):
+    # The link itself sits inside images/, but its file is elsewhere: what counts is the resolved location.
+    _tiny_cub(tmp_path / "cub")
+    (tmp_path / "cub" / "images" / "001.Albatross" / "escape.png").symlink_to(_photo(tmp_path / "secret.png"))
+    number = _append_line(tmp_path / "cub" / "images.txt", "5 001.Albatross/escape.png")
+    expected = rf"line {number} names '001.Albatross/escape.png', which resolves to "
+    with pytest.raises(S3LError, match=expected + rf"'{re.escape(str(tmp_path / 'secret.png'))}' outside"):
+        CUB200(str(tmp_path / "cub"), "train", "fail")
+
+
+def test_links_inside_images_and_a_linked_images_folder_are_read(tmp_path):
+    store = _tiny_cub(tmp_path / "store")
+    _photo(store / "images" / "extra" / "b3.png", (0, 0, 250))
+    (store / "images" / "002.Auklet" / "b3.png").symlink_to(Path("..", "extra", "b3.png"))
+    shutil.copytree(store, tmp_path / "cub", ignore=shutil.ignore_patterns("images"))
+    (tmp_path / "cub" / "images").symlink_to(store / "images")
+    _append_line(tmp_path / "cub" / "images.txt", "5 002.Auklet/b3.png")
+    _append_line(tmp_path / "cub" / "train_test_split.txt", "5 1")
+    _append_line(tmp_path / "cub" / "image_class_labels.txt", "5 2")
+    train = CUB200(str(tmp_path / "cub"), "train", "fail")
+    assert train.samples[-1] == (tmp_path / "cub" / "images" / "002.Auklet" / "b3.png", 1)
+    assert np.asarray(train[2][0])[0, 0].tolist() == [0, 0, 250]
+
+
+@pytest.mark.parametrize("kind, make", [("a folder", os.mkdir), ("a named pipe", os.mkfifo)])
+def test_images_txt_entry_that_is_not_a_file_names_line(tmp_path, kind, make):
+    _tiny_cub(tmp_path)
+    make(tmp_path / "images" / "001.Albatross" / "odd.png")
+    number = _append_line(tmp_path / "images.txt", "5 001.Albatross/odd.png")
+    with pytest.raises(S3LError, match=rf"images\.txt' line {number} names '001.Albatross/odd.png', "
+                                       rf"which is {kind}, not an image file"):
+        CUB200(str(tmp_path), "train", "fail")
+
+
+@pytest.mark.parametrize("name", TINY_CUB_FILES)
+def test_repeated_id_in_a_metadata_file_names_file_and_both_lines(tmp_path, name):
+    _tiny_cub(tmp_path)
+    first = (tmp_path / name).read_text().splitlines()[0]
+    number = _append_line(tmp_path / name, first)
+    with pytest.raises(S3LError, match=rf"{name}' line {number} repeats id 1 of line 1"):
+        CUB200(str(tmp_path), "train", "fail")
+
+
+def test_one_image_under_two_ids_is_refused(tmp_path):
+    _tiny_cub(tmp_path)
+    number = _append_line(tmp_path / "images.txt", "5 001.Albatross/./a1.png")
+    expected = rf"line {number} lists '001\.Albatross/\./a1\.png' again \(first on line 1\)"
+    with pytest.raises(S3LError, match=expected):
+        CUB200(str(tmp_path), "train", "fail")
+
+
+@pytest.mark.parametrize("name", TINY_CUB_FILES)
+def test_metadata_that_is_not_utf8_names_file_and_line(tmp_path, name):
+    _tiny_cub(tmp_path)
+    number = _append_line(tmp_path / name, "9 placeholder")
+    (tmp_path / name).write_bytes((tmp_path / name).read_bytes().replace(b"placeholder", b"caf\xe9"))
+    with pytest.raises(S3LError, match=rf"{name}' line {number} is not UTF-8 text \(byte 0xe9 at column 6\)"):
+        CUB200(str(tmp_path), "train", "fail")
+
+
+def test_metadata_with_a_utf8_byte_order_mark_is_read(tmp_path):
+    _tiny_cub(tmp_path)
+    (tmp_path / "images.txt").write_bytes(b"\xef\xbb\xbf" + (tmp_path / "images.txt").read_bytes())
+    assert len(CUB200(str(tmp_path), "train", "fail")) == 2
+
+
+def test_metadata_folder_in_place_of_a_file_names_it(tmp_path):
+    _tiny_cub(tmp_path)
+    (tmp_path / "classes.txt").unlink()
+    (tmp_path / "classes.txt").mkdir()
+    with pytest.raises(S3LError, match=r"cannot read '.*classes\.txt' \(Is a directory\).*restore it"):
+        CUB200(str(tmp_path), "train", "fail")
+
+
+def test_unreadable_metadata_names_it(tmp_path, monkeypatch):
+    # Tests run as root, which reads any file: the permission error is simulated.
+    _tiny_cub(tmp_path)
+    read_bytes = Path.read_bytes
+
+    def denied(path: Path) -> bytes:
+        if path.name == "train_test_split.txt":
+            raise PermissionError(13, "Permission denied", str(path))
+        return read_bytes(path)
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    with pytest.raises(S3LError, match=r"cannot read '.*train_test_split\.txt' \(Permission denied\)"):
+        CUB200(str(tmp_path), "train", "fail")
+
+
+def test_id_with_a_non_ascii_digit_is_one_line_error(tmp_path):
+    _tiny_cub(tmp_path)
+    number = _append_line(tmp_path / "images.txt", "\u00b2 001.Albatross/a1.png")  # "²".isdigit() is True
+    expected = rf"line {number} has id '\u00b2' where a positive integer was expected"
+    with pytest.raises(S3LError, match=expected):
+        CUB200(str(tmp_path), "train", "fail")
+
+
+def test_cub_class_without_training_image_raises_but_its_test_images_are_read(tmp_path):
+    rows = {**TINY_CUB, 3: ("002.Auklet/b1.png", "0", 2)}  # class 2: test images only
+    _tiny_cub(tmp_path, rows)
+    with pytest.raises(S3LError, match=r"split 'train' of .* has no usable image of class '002\.Auklet':"):
+        CUB200(str(tmp_path), "train", "fail")
+    assert CUB200(str(tmp_path), "test", "fail").targets == [0, 1, 1]
+
+
+def test_folder_link_to_an_ancestor_is_not_followed(tmp_path, caplog):
+    image = _photo(tmp_path / "train" / "bird" / "a.png")
+    (tmp_path / "train" / "bird" / "to_root").symlink_to(tmp_path)
+    (tmp_path / "train" / "bird" / "to_train").symlink_to(tmp_path / "train")
+    with caplog.at_level(logging.WARNING, logger="s3l.data"):
+        train = ImageFolderSplit(str(tmp_path), "train", "fail")
+    assert train.samples == [(image, 0)]
+    assert sorted(record.getMessage().split("'")[1] for record in caplog.records) == [
+        str(tmp_path / "train" / "bird" / "to_root"), str(tmp_path / "train" / "bird" / "to_train")]
+
+
+def test_two_links_to_one_folder_list_its_files_once(tmp_path):
+    _photo(tmp_path / "train" / "bird" / "a.png")
+    store = tmp_path / "store"
+    _photo(store / "s1.png")
+    _photo(store / "s2.png")
+    (tmp_path / "train" / "bird" / "x").symlink_to(store)
+    (tmp_path / "train" / "bird" / "y").symlink_to(store)
+    train = ImageFolderSplit(str(tmp_path), "train", "fail")
+    assert sorted(path.name for path, _ in train.samples) == ["a.png", "s1.png", "s2.png"]
+
+
+def test_class_folders_linked_to_one_folder_raise(tmp_path):
+    _photo(tmp_path / "store" / "s1.png")
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "a").symlink_to(tmp_path / "store")
+    (tmp_path / "train" / "b").symlink_to(tmp_path / "store")
+    expected = rf"class folder '{re.escape(str(tmp_path / 'train' / 'b'))}' leads to .* own folder"
+    with pytest.raises(S3LError, match=expected):
+        ImageFolderSplit(str(tmp_path), "train", "fail")
+
+
+def test_unreadable_class_folder_raises_naming_it(tmp_path, monkeypatch):
+    # Tests run as root, which lists any folder: the permission error is simulated.
+    _photo(tmp_path / "train" / "bird" / "a.png")
+    _photo(tmp_path / "train" / "cat" / "c.png")
+    scandir = os.scandir
+
+    def denied(path):
+        if Path(path).name == "cat":
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", denied)
+    expected = rf"cannot list folder '{re.escape(str(tmp_path / 'train' / 'cat'))}' \(Permission denied\)"
+    with pytest.raises(S3LError, match=expected):
+        ImageFolderSplit(str(tmp_path), "train", "fail")
+
+
+def test_folder_walk_ignores_pipes_and_reports_broken_links(tmp_path):
+    folder = tmp_path / "train" / "bird"
+    image = _photo(folder / "a.png")
+    os.mkfifo(folder / "pipe.jpg")  # opening it would block forever
+    (folder / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    train = ImageFolderSplit(str(tmp_path), "train", "skip")
+    assert train.samples == [(image, 0)] and train.skipped == [folder / "gone.jpg"]
+
+
+def test_train_class_without_usable_image_raises_naming_it(tmp_path):
+    _photo(tmp_path / "train" / "bird" / "a.png")
+    (tmp_path / "train" / "cat").mkdir()
+    (tmp_path / "train" / "cat" / "broken.jpg").write_bytes(b"not an image")
+    (tmp_path / "train" / "dog").mkdir()
+    expected = r"split 'train' at .* has no usable image of class 'cat' \(and 1 more\)"
+    with pytest.raises(S3LError, match=expected):
+        ImageFolderSplit(str(tmp_path), "train", "skip")
+
+
+def test_test_split_may_lack_a_class(tmp_path):
+    _photo(tmp_path / "train" / "bird" / "a.png")
+    _photo(tmp_path / "train" / "cat" / "c.png")
+    _photo(tmp_path / "val" / "cat" / "d.png")
+    test = ImageFolderSplit(str(tmp_path), "test", "fail")
+    assert test.classes == ["bird", "cat"] and test.targets == [1]
+
+
+def _undecodable_bad_image(root: Path) -> Path:
+    """train/bird/a.png plus a broken image named b"bad\\xff.jpg"; returns the broken one's path."""
+    _photo(root / "train" / "bird" / "a.png")
+    path = root / "train" / "bird" / UNDECODABLE
+    path.write_bytes(b"not an image")
+    return path
+
+
+def test_undecodable_file_name_is_logged_readably(tmp_path, capsys, caplog):
+    bad = _undecodable_bad_image(tmp_path / "data")
+    handler = logging.FileHandler(tmp_path / "s3l.log", encoding="utf-8")
+    logging.getLogger("s3l.data").addHandler(handler)
+    try:
+        with caplog.at_level(logging.WARNING, logger="s3l.data"):
+            train = ImageFolderSplit(str(tmp_path / "data"), "train", "skip")
+    finally:
+        logging.getLogger("s3l.data").removeHandler(handler)
+        handler.close()
+    assert train.skipped == [bad]
+    assert "Logging error" not in capsys.readouterr().err
+    logged = (tmp_path / "s3l.log").read_text(encoding="utf-8")
+    assert "skipping unusable image" in logged and "bird/bad\\xff.jpg'" in logged
+    messages = [record.getMessage() for record in caplog.records]
+    assert messages == [logged.strip()]  # the log file holds the message itself
+    json.dumps(messages, ensure_ascii=False).encode("utf-8")  # raises on an unpaired surrogate
+
+
+def test_undecodable_file_name_in_an_error_is_printable(tmp_path):
+    _undecodable_bad_image(tmp_path)
+    with pytest.raises(S3LError) as error:
+        ImageFolderSplit(str(tmp_path), "train", "fail")
+    message = str(error.value)
+    assert "bird/bad\\xff.jpg' is unusable" in message
+    assert message.encode("utf-8").decode("utf-8") == message
+
+
+def test_good_image_with_undecodable_name_loads(tmp_path):
+    path = _photo(tmp_path / "train" / "bird" / UNDECODABLE, (10, 20, 30))
+    train = ImageFolderSplit(str(tmp_path), "train", "fail")
+    assert train.samples == [(path, 0)]
+    assert np.asarray(train[0][0])[0, 0].tolist() == [10, 20, 30]
