@@ -15,7 +15,8 @@ CPU core. The price is disk: 3 bytes per pixel (CUB train, 5,994 images: ~0.4 GB
 A cache lives in `cache_dir/<name>/`, where the name holds a hash of the sample list (paths, labels, file
 sizes and modification times), the class names and the short side, so a changed dataset or size gets a new
 cache and an unchanged one is reused. It is built in a temporary folder and renamed into place, so an
-interrupted build leaves nothing that looks finished.
+interrupted build leaves nothing that looks finished, under an exclusive lock, so concurrent builders wait for
+the first one and the next builder removes what an interrupted one left.
 
 Augmentation: with the cache, augmenting the small crops is most of what is left, colour jitter first (its
 hue shift converts to HSV and back), then resize, blur and the float conversion. `fast_moco_v2_augmentation`
@@ -49,11 +50,12 @@ from torchvision.transforms import functional as F
 from s3l.data.datasets import load_rgb
 from s3l.data.transforms import IMAGENET_MEAN, IMAGENET_STD, PILGaussianBlur
 from s3l.errors import S3LError
+from s3l.lock import ProcessLock
 
 logger = logging.getLogger("s3l.data")
 
 # Bump when the stored layout or the resizing changes, so older caches are not reused.
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: transparency over white, 16-bit grey scaled (s3l.data.images)
 PIXELS = "pixels.npy"  # all images, raw RGB uint8, concatenated (one flat array)
 INDEX = "index.npy"  # int64 (N, 3): offset into pixels, height, width
 META = "meta.json"  # classes, samples (original path, label), skipped files, short side
@@ -123,21 +125,31 @@ def build_resized_cache(dataset: Dataset, target_short_side: int, cache_dir: Pat
         logger.info("using the resized image cache %s", final)
         return final
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = cache_dir / f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    # One builder at a time (DDP ranks, parallel sweep jobs): the others wait, then find its cache finished.
+    lock = ProcessLock(cache_dir / f".{name}.lock")
+    lock.acquire()
+    try:
+        if not (final / META).is_file():
+            _build(dataset, target_short_side, final)
+    finally:
+        lock.release()
+    return final
+
+
+def _build(dataset: Dataset, short_side: int, final: Path) -> None:
+    """Write the cache into a temporary folder and rename it to `final` (call it holding the lock)."""
+    for stale in final.parent.glob(f".{final.name}.tmp-*"):  # what an interrupted builder left
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
     start = time.perf_counter()
     try:
-        _write_cache(dataset, target_short_side, tmp)
+        _write_cache(dataset, short_side, tmp)
         os.rename(tmp, final)
-    except OSError:
-        if not (final / META).is_file():
-            raise
-        # else another process (e.g. a DDP rank) finished the same cache first: use theirs
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # already gone after the rename; a partial build otherwise
     megabytes = (final / PIXELS).stat().st_size / 2**20
     logger.info("built the resized image cache %s (%d images, %.0f MB) in %.1f s",
                 final, len(dataset.samples), megabytes, time.perf_counter() - start)
-    return final
 
 
 def _write_cache(dataset: Dataset, short_side: int, folder: Path) -> None:

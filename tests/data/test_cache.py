@@ -5,6 +5,7 @@ import os
 import pickle
 import random
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -99,7 +100,7 @@ def test_cache_is_built_once_and_reused_without_decoding(photos, tmp_path, monke
     monkeypatch.setattr(cache, "_load_resized", no_decoding)
     assert build_resized_cache(photos, 48, tmp_path) == folder
     assert os.stat(folder / cache.PIXELS).st_mtime_ns == stamp
-    assert [p.name for p in tmp_path.iterdir()] == [folder.name]  # no temporary folder left behind
+    assert entries(tmp_path) == [folder.name]  # no temporary folder left behind
 
 
 def test_cache_is_rebuilt_for_another_size_or_sample_list(photos, tmp_path):
@@ -129,7 +130,35 @@ def test_an_interrupted_build_leaves_no_cache(photos, tmp_path, monkeypatch):
     monkeypatch.setattr(cache, "_load_resized", broken)
     with pytest.raises(OSError, match="disk full"):
         build_resized_cache(photos, 48, tmp_path)
-    assert list(tmp_path.iterdir()) == []
+    assert entries(tmp_path) == []
+
+
+def entries(folder: Path) -> list[str]:
+    """What a cache folder holds besides the builders' lock files (kept: a lock file must not be unlinked)."""
+    return sorted(p.name for p in folder.iterdir() if not p.name.endswith(".lock"))
+
+
+def test_the_next_build_removes_what_a_killed_build_left(photos, tmp_path):
+    name = build_resized_cache(photos, 48, tmp_path / "first").name
+    stale = tmp_path / "cache" / f".{name}.tmp-deadbeef"
+    stale.mkdir(parents=True)
+    (stale / cache.PIXELS).write_bytes(b"half written")
+    folder = build_resized_cache(photos, 48, tmp_path / "cache")
+    assert entries(tmp_path / "cache") == [folder.name]
+
+
+def test_concurrent_builders_build_once_and_share_the_cache(photos, tmp_path, monkeypatch):
+    decoded_paths = []
+    load = cache._load_resized
+
+    def counting(path, size):
+        decoded_paths.append(path)
+        return load(path, size)
+
+    monkeypatch.setattr(cache, "_load_resized", counting)
+    with ThreadPoolExecutor(max_workers=4) as pool:  # flock locks are per open file: threads contend too
+        folders = set(pool.map(lambda _: build_resized_cache(photos, 48, tmp_path), range(4)))
+    assert len(folders) == 1 and len(decoded_paths) == len(photos.samples)
 
 
 def test_datasets_without_files_are_refused(tmp_path):
