@@ -6,7 +6,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from s3l.config import prepare_argv, register_resolvers
+from s3l.config import one_line_config_errors, prepare_argv, register_resolvers
 from s3l.run import main as run_main
 
 register_resolvers()
@@ -20,4 +20,5 @@ def main(cfg: DictConfig) -> float | None:
 
 if __name__ == "__main__":
     sys.argv[1:] = prepare_argv(sys.argv[1:], Path(__file__).parent / "configs")
-    main()
+    with one_line_config_errors():
+        main()

@@ -36,17 +36,40 @@ _BACKBONE_PREFIXES = (
 )
 
 
-def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """Call `write(tmp)` on a temporary file beside `path`, then rename it into place."""
-    # A crash mid-write must never leave a half-written file under the final name (resume trusts it).
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+def write_atomically(path: Path, write: Callable[[Path], None], keep_previous: Path | None = None) -> None:
+    """Call `write(tmp)` on a temporary file beside `path`, then rename it into place.
+
+    With `keep_previous`, the file being replaced is kept under that name (a hard link, so `path` never
+    disappears), for a fallback when the new file turns out unreadable.
+    """
+    # A crash mid-write must never leave a half-written file under the final name (resume trusts it). What a
+    # kill leaves is a `.<name>.*.tmp` file, which the next run removes once it holds the run lock.
+    tmp = _temporary_beside(path)
     try:
-        write(Path(tmp))
+        write(tmp)
+        if keep_previous is not None and path.is_file():
+            _keep_as(path, keep_previous)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def _temporary_beside(path: Path) -> Path:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    return Path(tmp)
+
+
+def _keep_as(path: Path, previous: Path) -> None:
+    link = _temporary_beside(previous)
+    link.unlink()
+    try:
+        os.link(path, link)
+    except OSError:  # a file system without hard links: move it (path is briefly absent)
+        os.replace(path, previous)
+        return
+    os.replace(link, previous)
 
 
 def export_backbone(backbone: nn.Module, stage_dir: Path, meta: dict) -> Path:

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 
 def run_id(overrides: str, resume: bool | str) -> str:
@@ -86,18 +91,89 @@ def check_group_options(argv: list[str], config_dir: Path) -> str | None:
     return None
 
 
-def stage_config_hash(cfg: DictConfig, spec: StageSpec) -> str:
+# Settings that change how fast a stage runs or how much it prints, never what it computes: a resume or a
+# reuse of a finished stage does not depend on them.
+RESULT_NEUTRAL_KEYS = ("dataset.num_workers", "dataset.cache_dir", "trainer.log_every_n_steps")
+
+
+def stage_identity(cfg: DictConfig, spec: StageSpec) -> dict:
     """What a stage's result depends on: its own settings plus method, network, data, trainer and seed."""
-    relevant = {key: cfg[key] for key in ("method", "architecture", "dataset", "trainer", "seed")}
-    return config_hash(OmegaConf.create({"stage": OmegaConf.to_container(spec.cfg, resolve=True),
-                                         **{k: OmegaConf.to_container(v, resolve=True) if isinstance(v, DictConfig)
-                                            else v for k, v in relevant.items()}}))
+    identity = {"stage": OmegaConf.to_container(spec.cfg, resolve=True)}
+    for key in ("method", "architecture", "dataset", "trainer", "seed"):
+        value = cfg[key]
+        identity[key] = OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
+    for dotted in RESULT_NEUTRAL_KEYS:
+        group, name = dotted.split(".")
+        identity[group].pop(name, None)
+    return identity
+
+
+def stage_config_hash(cfg: DictConfig, spec: StageSpec) -> str:
+    """A short hash of `stage_identity`, recorded in every stage's results and exported backbone."""
+    return config_hash(OmegaConf.create(stage_identity(cfg, spec)))
+
+
+def _flatten(tree: object, prefix: str = "") -> dict[str, object]:
+    if isinstance(tree, dict):
+        flat: dict[str, object] = {}
+        for key, value in tree.items():
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        return flat
+    return {prefix.rstrip("."): tree}
+
+
+def describe_changes(before: dict, now: dict, stage_key: str) -> str:
+    """The settings that differ between two `stage_identity` dicts, e.g. "method.m 0.99 -> 0.9"."""
+    old, new = _flatten(before), _flatten(now)
+    changes = []
+    for key in sorted(old.keys() | new.keys(), key=lambda k: (not k.startswith("stage."), k)):
+        if old.get(key, "<unset>") != new.get(key, "<unset>"):
+            shown = stage_key + key.removeprefix("stage") if key.startswith("stage.") else key
+            changes.append(f"{shown} {old.get(key, '<unset>')} -> {new.get(key, '<unset>')}")
+    more = f" and {len(changes) - 4} more" if len(changes) > 4 else ""
+    return ", ".join(changes[:4]) + more
+
+
+class HydraTask:
+    """Whether Hydra has handed the composed config to the task (s3l.run.main sets it)."""
+
+    started = False
+
+
+@contextmanager
+def one_line_config_errors() -> Iterator[None]:
+    """Hydra's composition errors, and a run directory Hydra cannot create, as one line and exit status 2.
+
+    Hydra prints such an error as a block that ends in "Set the environment variable HYDRA_FULL_ERROR=1" and
+    exits 1; with that variable set it raises the exception instead, which is caught here. Errors raised once
+    the task runs are the task's own (S3LError is handled in s3l.run; anything else is a bug: traceback).
+    """
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        yield
+    except (HydraException, OmegaConfBaseException) as error:
+        _exit_with(f"config: {_one_line(error)}")
+    except OSError as error:
+        if HydraTask.started:
+            raise
+        _exit_with(f"cannot create the run directory ({error.strerror or error}: {error.filename}): "
+                   "set paths.log_dir to a writable folder")
+
+
+def _one_line(error: Exception) -> str:
+    lines = [line.strip() for line in str(error).splitlines()]
+    kept = [line for line in lines if line and not line.startswith(("full_key:", "object_type=", "reference_type="))]
+    return " ".join(kept) or type(error).__name__
+
+
+def _exit_with(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def prepare_argv(argv: list[str], config_dir: Path) -> list[str]:
     """The command line as Hydra should see it; an unknown group option exits here with one line (status 2)."""
     problem = check_group_options(argv, config_dir)
     if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        sys.exit(2)
+        _exit_with(problem)
     return quote_numeric_group_overrides(argv)

@@ -7,7 +7,6 @@ import json
 import logging
 import signal
 import sys
-import time
 from pathlib import Path
 
 import lightning as L
@@ -17,12 +16,15 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from s3l import __version__
+from s3l.callbacks.checkpointing import StageRecord
 from s3l.checkpoints import export_backbone, write_atomically
-from s3l.config import StageSpec, config_hash, stage_config_hash, stage_specs
+from s3l.config import HydraTask, StageSpec, config_hash, stage_config_hash, stage_identity, stage_specs
 from s3l.errors import S3LError
 from s3l.loggers import finish_wandb
+from s3l.quiet import silence_dependency_noise
 from s3l.report import print_config_tree, print_results_table
-from s3l.rundir import check_same_config, claim, keep_ddp_ranks_in_this_sweep, release
+from s3l.resume import find_resume_point, last_checkpoint
+from s3l.rundir import check_same_config, claim, keep_ddp_ranks_in_this_sweep
 from s3l.stages.build import (
     METHOD_STATE,
     apply_layout,
@@ -34,8 +36,6 @@ from s3l.stages.build import (
     build_trainer,
     init_source,
     initialise,
-    last_checkpoint,
-    resume_checkpoint,
     stage_epochs,
 )
 from s3l.validate import validate_config, validate_queue_size, validate_world
@@ -47,6 +47,8 @@ RESULTS = "results.json"
 
 def main(cfg: DictConfig) -> float | None:
     """Run the chain; a user-fixable problem ends it with one line on stderr and exit status 2."""
+    HydraTask.started = True
+    silence_dependency_noise()
     keep_ddp_ranks_in_this_sweep()
     try:
         return run_chain(cfg)
@@ -63,11 +65,12 @@ def run_chain(cfg: DictConfig) -> float | None:
     specs = stage_specs(cfg)
     validate_config(cfg, specs)
     out_dir = Path(cfg.paths.output_dir)
-    claim(out_dir)
+    lock = claim(out_dir)
     try:
         return _run_claimed_chain(cfg, specs, out_dir)
     finally:
-        release(out_dir)
+        if lock is not None:
+            lock.release()
 
 
 def _run_claimed_chain(cfg: DictConfig, specs: list[StageSpec], out_dir: Path) -> float | None:
@@ -77,12 +80,11 @@ def _run_claimed_chain(cfg: DictConfig, specs: list[StageSpec], out_dir: Path) -
     datasets = None
     stage_results: list[dict] = []
     previous_dir: Path | None = None
-    start = time.perf_counter()
     for index, spec in enumerate(specs):
         stage_dir = out_dir / f"{index}_{spec.name}"
         finished = stage_dir / RESULTS
         if finished.is_file():
-            check_same_config(stage_dir, spec.key, stage_config_hash(cfg, spec))
+            check_same_config(stage_dir, spec.key, stage_identity(cfg, spec), stage_config_hash(cfg, spec))
             log.info("stage %s already finished (%s): skipping it", spec.name, finished)
             result = json.loads(finished.read_text())
         else:
@@ -90,7 +92,7 @@ def _run_claimed_chain(cfg: DictConfig, specs: list[StageSpec], out_dir: Path) -
             result = run_stage(cfg, spec, stage_dir, previous_dir, datasets)
         stage_results.append(result)
         previous_dir = stage_dir
-    summary = chain_summary(cfg, stage_results, time.perf_counter() - start)
+    summary = chain_summary(cfg, stage_results)
     if rank_zero_only.rank == 0:
         _write_text(out_dir / RESULTS, json.dumps(summary, indent=2))
         print_results_table(summary, out_dir)
@@ -103,9 +105,11 @@ def run_stage(cfg: DictConfig, spec: StageSpec, stage_dir: Path, previous_dir: P
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     cost = build_cost_meter(spec, cfg.architecture.stem)
     knn = build_knn_monitor(cfg, spec, train, test)
-    resume_from = resume_checkpoint(stage_dir) if cfg.resume else None
-    resume_step = announce_resume(spec, resume_from) if resume_from else None
-    trainer = build_trainer(cfg, spec, stage_dir, [cost, knn] if knn else [cost], resume_step)
+    identity = stage_identity(cfg, spec)
+    resume = find_resume_point(stage_dir, spec, identity) if cfg.resume else None
+    record = StageRecord(identity)
+    callbacks = [cost, record, knn] if knn else [cost, record]
+    trainer = build_trainer(cfg, spec, stage_dir, callbacks, resume)
     is_pretrain = spec.cfg.kind == "pretrain"
     validate_world(spec, cfg.method.bn_splits if is_pretrain else None, trainer.world_size)
     if is_pretrain:
@@ -118,8 +122,8 @@ def run_stage(cfg: DictConfig, spec: StageSpec, stage_dir: Path, previous_dir: P
              spec.cfg.resolution, init)
     try:
         datamodule = build_datamodule(cfg, spec, train, test)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
-        result = stage_result(cfg, spec, stage_dir, module, trainer, cost, datasets)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume.path) if resume else None)
+        result = stage_result(cfg, spec, stage_dir, module, trainer, record.metrics(trainer), cost, datasets)
         result.update(init=init, init_from=None if source is None else str(source))
         for logger in trainer.loggers:
             logger.log_metrics({f"cost/{k}": v for k, v in result["cost"].items()}, step=trainer.global_step)
@@ -133,14 +137,6 @@ def run_stage(cfg: DictConfig, spec: StageSpec, stage_dir: Path, previous_dir: P
     # Under DDP the other ranks would otherwise start the next stage, and read its init, before rank 0 wrote it.
     trainer.strategy.barrier("stage exported")
     return result
-
-
-def announce_resume(spec: StageSpec, checkpoint: Path) -> int:
-    """One line: which checkpoint, which epoch and step the stage continues from; returns the step."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    log.info("stage %s: resuming from %s (epoch %d, step %d)", spec.name, checkpoint, state["epoch"],
-             state["global_step"])
-    return int(state["global_step"])
 
 
 def export_stage(cfg: DictConfig, spec: StageSpec, stage_dir: Path, module, trainer: L.Trainer) -> None:
@@ -161,9 +157,8 @@ def export_stage(cfg: DictConfig, spec: StageSpec, stage_dir: Path, module, trai
         write_atomically(stage_dir / METHOD_STATE, lambda tmp: torch.save(module.state_dict(), tmp))
 
 
-def stage_result(cfg, spec: StageSpec, stage_dir: Path, module, trainer, cost, datasets) -> dict:
-    """What one stage achieved and cost, with the paths of its artifacts."""
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+def stage_result(cfg, spec: StageSpec, stage_dir: Path, module, trainer, metrics: dict, cost, datasets) -> dict:
+    """What one stage achieved and cost (over every attempt), with the paths of its artifacts."""
     if "knn/acc1" in metrics:
         metrics["knn_top1"] = metrics["knn/acc1"]
     if spec.cfg.kind != "pretrain":
@@ -180,8 +175,9 @@ def stage_result(cfg, spec: StageSpec, stage_dir: Path, module, trainer, cost, d
         "epochs": trainer.current_epoch,
         "planned_epochs": stage_epochs(cfg, spec),
         "config_hash": stage_config_hash(cfg, spec),
+        "config": stage_identity(cfg, spec),
         "metrics": metrics,
-        "cost": cost.summary(trainer.world_size),
+        "cost": cost.summary(),
         "skipped_images": {"train": len(train.skipped), "test": len(test.skipped)},
         "paths": {
             "stage_dir": str(stage_dir),
@@ -193,8 +189,8 @@ def stage_result(cfg, spec: StageSpec, stage_dir: Path, module, trainer, cost, d
     }
 
 
-def chain_summary(cfg: DictConfig, stages: list[dict], seconds: float) -> dict:
-    """The run's results.json: every stage, plus the chain's totals."""
+def chain_summary(cfg: DictConfig, stages: list[dict]) -> dict:
+    """The run's results.json: every stage, plus the chain's totals (training time of every attempt)."""
     return {
         "name": cfg.name,
         "method": cfg.method.name,
@@ -204,7 +200,7 @@ def chain_summary(cfg: DictConfig, stages: list[dict], seconds: float) -> dict:
         "chain": [s["stage"] for s in stages],
         "stages": stages,
         "final": final_stage(stages),
-        "total_wall_clock_s": round(seconds, 2),
+        "total_wall_clock_s": round(sum(s["cost"]["wall_clock_s"] for s in stages), 2),
         "config_hash": config_hash(cfg),
         "s3l_version": __version__,
     }

@@ -10,19 +10,13 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
+from s3l.config import describe_changes
 from s3l.errors import S3LError
+from s3l.lock import ProcessLock
 
 LOCK = "run.lock"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+# What s3l.checkpoints.write_atomically leaves behind when a process dies mid-write.
+STRAY_TEMPORARY = ".*.tmp"
 
 
 def is_ddp_child() -> bool:
@@ -30,39 +24,46 @@ def is_ddp_child() -> bool:
     return int(os.environ.get("LOCAL_RANK", "0")) > 0 or int(os.environ.get("NODE_RANK", "0")) > 0
 
 
-def claim(run_dir: Path) -> None:
-    """Take the directory for this process, or stop if another live run is writing into it."""
+def claim(run_dir: Path) -> ProcessLock | None:
+    """Lock the run directory for this process's life, or stop if another live run holds it.
+
+    Ranks > 0 of a DDP run write into their rank-0 parent's directory and take no lock (None). Once the
+    lock is held nobody else writes here, so temporary files of a killed predecessor are removed.
+    """
     if is_ddp_child():
-        return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    lock = run_dir / LOCK
-    if lock.is_file():
-        pid = int(lock.read_text().strip() or 0)
-        if pid and pid != os.getpid() and _alive(pid):
-            raise S3LError(
-                f"another run (pid {pid}) is writing into {run_dir}: wait for it to finish, or pass resume=false "
-                "to start a separate run directory"
-            )
-    lock.write_text(str(os.getpid()))
-
-
-def release(run_dir: Path) -> None:
-    """Drop the lock taken by `claim` (a stale lock of a killed run is taken over by the next one)."""
-    lock = run_dir / LOCK
-    if not is_ddp_child() and lock.is_file() and lock.read_text().strip() == str(os.getpid()):
-        lock.unlink()
-
-
-def check_same_config(stage_dir: Path, stage_key: str, config_hash: str) -> None:
-    """A finished stage is reused only if it was made with the same resolved stage config."""
-    results = stage_dir / "results.json"
-    previous = json.loads(results.read_text()).get("config_hash")
-    if previous is not None and previous != config_hash:
+        return None
+    lock = ProcessLock(run_dir / LOCK)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        holder = lock.try_acquire()
+    except OSError as error:
         raise S3LError(
-            f"{stage_dir} holds a finished {stage_key} made with a different configuration "
-            f"(config hash {previous}, now {config_hash}): pass resume=false for a fresh run directory, "
-            "or delete that directory to redo it"
+            f"cannot write into the run directory {run_dir} ({error.strerror or error}): "
+            "set paths.log_dir to a writable folder"
+        ) from None
+    if holder is not None:
+        raise S3LError(
+            f"another run ({holder}) is writing into {run_dir}: wait for it to finish, or pass resume=false "
+            "to start a separate run directory"
         )
+    for stray in run_dir.rglob(STRAY_TEMPORARY):
+        if stray.is_file():
+            stray.unlink()
+    return lock
+
+
+def check_same_config(stage_dir: Path, stage_key: str, identity: dict, config_hash: str) -> None:
+    """A finished stage is reused only if it was made with the same stage identity (see s3l.config)."""
+    results = json.loads((stage_dir / "results.json").read_text())
+    previous = results.get("config_hash")
+    if previous is None or previous == config_hash:
+        return
+    changed = describe_changes(results["config"], identity, stage_key) if "config" in results else (
+        f"config hash {previous}, now {config_hash}")
+    raise S3LError(
+        f"{stage_dir} holds a finished {stage_key} made with a different configuration ({changed}): "
+        "pass resume=false for a fresh run directory, or delete that directory to redo it"
+    )
 
 
 def keep_ddp_ranks_in_this_sweep() -> None:

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig
 
 from s3l.config import StageSpec
-from s3l.data.datamodule import AUGMENT_ON
 from s3l.errors import S3LError
-from s3l.models.resnet import ARCHITECTURES, full_architecture
+from s3l.models.resnet import full_architecture
+from s3l.settings import check_settings
 
-STAGE_KINDS = ("pretrain", "finetune", "warmup", "linear")
 DATASETS_WITH_ROOT = ("cub200", "imagefolder")
 
 
@@ -22,17 +22,14 @@ def validate_config(cfg: DictConfig, specs: list[StageSpec]) -> None:
     """Checks that need only the config (and the file system for paths)."""
     if not specs:
         raise S3LError("the chain is empty: set chain=[...] or pick a stage with stage=<name>")
+    check_settings(cfg, [(spec.key, spec.cfg) for spec in specs])
+    _validate_accelerator(cfg.trainer)
     if cfg.dataset.name in DATASETS_WITH_ROOT and not cfg.dataset.root:
         raise S3LError(
             f"dataset.root is not set for dataset={cfg.dataset.name}: pass dataset.root=/path/to/"
             + ("CUB_200_2011" if cfg.dataset.name == "cub200" else "folder_with_train_and_val")
         )
-    augment_on = cfg.dataset.get("augment_on", "workers")
-    if augment_on not in AUGMENT_ON:
-        raise S3LError(
-            f"dataset.augment_on={augment_on} is not a place to augment: choose workers (per image, in the "
-            "DataLoader workers) or device (whole batches on the training device)"
-        )
+    _validate_first_init(specs[0])
     for spec in specs:
         _validate_stage(cfg, spec)
     for previous, spec in zip(specs, specs[1:]):
@@ -42,14 +39,6 @@ def validate_config(cfg: DictConfig, specs: list[StageSpec]) -> None:
 
 def _validate_stage(cfg: DictConfig, spec: StageSpec) -> None:
     s, key = spec.cfg, spec.key
-    if s.kind not in STAGE_KINDS:
-        raise S3LError(f"{key}.kind={s.kind} is not a stage kind; valid kinds: {', '.join(STAGE_KINDS)}")
-    if s.architecture not in ARCHITECTURES:
-        raise S3LError(f"{key}.architecture={s.architecture} is unknown; valid: {', '.join(ARCHITECTURES)}")
-    for field in ("resolution", "batch_size", "epochs"):
-        value = s[field]
-        if not isinstance(value, int) or value <= 0:
-            raise S3LError(f"{key}.{field}={value} must be a positive integer")
     if s.init not in (None, "previous") and not Path(str(s.init)).exists():
         raise S3LError(
             f"{key}.init={s.init} does not exist: give a backbone.pt, a stage directory, a .ckpt or an "
@@ -57,6 +46,35 @@ def _validate_stage(cfg: DictConfig, spec: StageSpec) -> None:
         )
     if s.kind == "pretrain":
         _validate_queue_and_splits(cfg, spec)
+
+
+def _validate_first_init(first: StageSpec) -> None:
+    """Only pretraining may start from nothing: a probe or fine-tuning of random weights is never implied."""
+    if first.cfg.init == "previous" and first.cfg.kind != "pretrain":
+        raise S3LError(
+            f"{first.key}.init=previous but {first.key} is the first stage: pass {first.key}.init=/path/to/"
+            "backbone.pt (or a stage directory, a .ckpt, an original S3L/MoCo checkpoint), or "
+            f"{first.key}.init=null to start from random weights"
+        )
+
+
+def _validate_accelerator(trainer: DictConfig) -> None:
+    """A GPU run on a machine without one fails here, not in Lightning's traceback."""
+    if trainer.accelerator not in ("gpu", "cuda"):
+        return
+    available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if available == 0:
+        raise S3LError(
+            f"trainer.accelerator={trainer.accelerator} but this machine has no usable GPU "
+            "(torch.cuda.is_available() is false): use trainer=cpu, or trainer.accelerator=auto"
+        )
+    devices = trainer.devices
+    wanted = len(devices) if not isinstance(devices, int | str) else devices
+    if isinstance(wanted, int) and wanted > available:
+        raise S3LError(
+            f"trainer.devices={devices} asks for {wanted} GPUs but this machine has {available}: "
+            f"use trainer.devices={available} (or fewer)"
+        )
 
 
 def _validate_queue_and_splits(cfg: DictConfig, spec: StageSpec) -> None:

@@ -90,7 +90,7 @@ def test_single_stage_mode_runs_the_selected_stage_alone(compose_cfg, tmp_path):
     [
         (["method.K=4000"], "method.K=4000 is not a multiple of the global batch stages.pretrain.batch_size=128"),
         (["method.bn_splits=3"], "not divisible by method.bn_splits=3"),
-        (["resolution=16", "stages.pretrain.resolution=0"], "stages.pretrain.resolution=0 must be a positive integer"),
+        (["resolution=16", "stages.pretrain.resolution=0"], "stages.pretrain.resolution=0 must be > 0"),
         (["stages.finetune.init=/no/such/file.pt"], "stages.finetune.init=/no/such/file.pt does not exist"),
         (["experiment=cub_112_mocov2"], "dataset.root is not set for dataset=cub200"),
         (["architecture=custom_resnet18", "stages.finetune.architecture=resnet18"], "add a warm-up stage"),

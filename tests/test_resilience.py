@@ -1,10 +1,15 @@
-"""Nothing lost: atomic checkpoint writes, the NaN guard, RNG states, run-directory locks, reused results."""
+"""Nothing lost: atomic checkpoint writes, the NaN guard, RNG states, run-directory locks, reused results,
+resume points that fall back past unreadable checkpoints and refuse changed settings."""
 
 import json
+import multiprocessing
 import os
 import random
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,10 +19,11 @@ import torch
 from lightning.fabric.plugins.io import torch_io
 
 from s3l.callbacks.checkpointing import AtomicCheckpointIO, NonFiniteLossGuard, RNGStateCheckpoint
-from s3l.config import check_group_options
+from s3l.config import StageSpec, check_group_options
 from s3l.errors import S3LError
-from s3l.rundir import check_same_config, claim, release
-from tests.conftest import CONFIGS
+from s3l.resume import find_resume_point, last_checkpoint
+from s3l.rundir import check_same_config, claim
+from tests.conftest import CONFIGS, ROOT
 
 
 def crash_midway(checkpoint, filepath):
@@ -36,6 +42,15 @@ def test_a_save_killed_midway_leaves_the_previous_checkpoint_loadable(tmp_path, 
     state = torch.load(path, weights_only=True)
     assert state["epoch"] == 1 and torch.equal(state["weights"], torch.ones(3))
     assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]  # no temporary file left behind
+
+
+def test_each_save_keeps_the_checkpoint_it_replaces(tmp_path):
+    io, path = AtomicCheckpointIO(), tmp_path / "last.ckpt"
+    for epoch in (1, 2, 3):
+        io.save_checkpoint({"epoch": epoch}, path)
+    assert torch.load(path, weights_only=True)["epoch"] == 3
+    assert torch.load(tmp_path / "last.previous.ckpt", weights_only=True)["epoch"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt", "last.previous.ckpt"]
 
 
 def test_lightnings_plain_writer_would_have_corrupted_it(tmp_path, monkeypatch):
@@ -86,23 +101,142 @@ def test_unknown_group_option_from_the_command_line_exits_2(tmp_path):
         "custom_resnet18, custom_resnet50")
 
 
-def test_two_live_runs_never_share_a_directory(tmp_path):
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+def _claim_and_hold(run_dir: str, barrier, results) -> None:
+    """A claimant process: wait for all, claim, report, hold the lock until every claimant reported."""
+    barrier.wait()
     try:
-        (tmp_path / "run.lock").write_text(str(sleeper.pid))
-        with pytest.raises(S3LError, match=f"another run \\(pid {sleeper.pid}\\) is writing into"):
+        claim(Path(run_dir))
+        results.put(("won", os.getpid()))
+    except S3LError as error:
+        results.put(("lost", str(error)))
+    barrier.wait()
+
+
+def test_simultaneous_claims_have_exactly_one_winner_every_time(tmp_path):
+    context = multiprocessing.get_context("fork")
+    for round_ in range(5):
+        run_dir = tmp_path / f"run{round_}"
+        barrier, results = context.Barrier(6), context.Queue()
+        claimants = [context.Process(target=_claim_and_hold, args=(str(run_dir), barrier, results))
+                     for _ in range(6)]
+        for claimant in claimants:
+            claimant.start()
+        outcomes = [results.get(timeout=60) for _ in claimants]
+        for claimant in claimants:
+            claimant.join(timeout=60)
+        winners = [detail for outcome, detail in outcomes if outcome == "won"]
+        assert len(winners) == 1, outcomes
+        for outcome, detail in outcomes:
+            if outcome == "lost":
+                assert f"another run (host {socket.gethostname()}, pid {winners[0]}) is writing into" in detail
+
+
+def test_a_killed_run_that_nobody_reaps_leaves_the_directory_free(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from s3l.rundir import claim; "
+        f"claim(Path({str(tmp_path)!r})); print('claimed', flush=True); time.sleep(60)")],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "claimed"
+        with pytest.raises(S3LError, match=f"pid {holder.pid}\\) is writing into"):
             claim(tmp_path)
+        os.kill(holder.pid, signal.SIGKILL)
+        deadline = time.time() + 10
+        while _process_state(holder.pid) != "Z":  # a zombie: dead, its pid still taken, never reaped
+            assert time.time() < deadline
+            time.sleep(0.01)
+        lock = claim(tmp_path)  # at once: the kernel released the dead process's lock
+        assert (tmp_path / "run.lock").read_text().strip() == f"host {socket.gethostname()}, pid {os.getpid()}"
+        lock.release()
     finally:
-        sleeper.kill()
-        sleeper.wait()
-    claim(tmp_path)  # the lock of a dead run is taken over
-    assert (tmp_path / "run.lock").read_text() == str(os.getpid())
-    release(tmp_path)
-    assert not (tmp_path / "run.lock").exists()
+        holder.kill()
+        holder.wait()
 
 
-def test_finished_stage_made_with_another_config_is_not_reused(tmp_path):
-    (tmp_path / "results.json").write_text(json.dumps({"config_hash": "aaa"}))
-    check_same_config(tmp_path, "stages.pretrain", "aaa")
-    with pytest.raises(S3LError, match="different configuration \\(config hash aaa, now bbb\\)"):
-        check_same_config(tmp_path, "stages.pretrain", "bbb")
+def _process_state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def test_a_claimed_directory_loses_what_killed_atomic_writes_left(tmp_path):
+    checkpoints = tmp_path / "0_pretrain" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    strays = [checkpoints / ".last.ckpt.k2j3.tmp", tmp_path / ".results.json.x9.tmp",
+              tmp_path / "0_pretrain" / ".backbone.pt.ab.tmp"]
+    for stray in strays:
+        stray.write_bytes(b"half")
+    (checkpoints / "last.ckpt").write_bytes(b"kept")
+    claim(tmp_path).release()
+    assert not any(stray.exists() for stray in strays)
+    assert (checkpoints / "last.ckpt").read_bytes() == b"kept"
+
+
+def test_an_output_directory_that_cannot_be_written_is_one_line(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(S3LError, match="cannot write into the run directory .*set paths.log_dir to a writable"):
+        claim(blocker / "run")
+
+
+def test_finished_stage_made_with_another_config_is_not_reused_and_the_change_is_named(tmp_path):
+    before = {"stage": {"lr": 0.1}, "method": {"m": 0.99}}
+    (tmp_path / "results.json").write_text(json.dumps({"config_hash": "aaa", "config": before}))
+    check_same_config(tmp_path, "stages.pretrain", before, "aaa")
+    with pytest.raises(S3LError) as error:
+        check_same_config(tmp_path, "stages.pretrain", {"stage": {"lr": 0.2}, "method": {"m": 0.99}}, "bbb")
+    assert "different configuration (stages.pretrain.lr 0.1 -> 0.2)" in str(error.value)
+
+
+SPEC = StageSpec("pretrain", "stages.pretrain", None)
+IDENTITY = {"stage": {"architecture": "resnet18", "lr": 0.03}, "method": {"m": 0.99}}
+
+
+def write_checkpoint(path: Path, epoch: int, identity: dict = IDENTITY) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": {"w": torch.ones(2)}, "epoch": epoch, "global_step": 10 * epoch, "loops": {},
+                "s3l": {"identity": identity, "metrics": {}, "pending_row": None}}, path)
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+@pytest.mark.parametrize("corrupt", ["zero bytes", "not a checkpoint", "refused pickle", "a plain tensor"])
+def test_an_unreadable_last_checkpoint_falls_back_to_the_previous_one(tmp_path, corrupt):
+    last = last_checkpoint(tmp_path)
+    write_checkpoint(last.with_name("last.previous.ckpt"), epoch=2)
+    last.write_bytes({"zero bytes": b"", "not a checkpoint": b"hello"}.get(corrupt, b""))
+    if corrupt == "refused pickle":
+        torch.save({"state_dict": Evil()}, last)
+    if corrupt == "a plain tensor":
+        torch.save(torch.ones(3), last)
+    os.utime(last, (time.time() + 5, time.time() + 5))  # newer than the previous one
+    point = find_resume_point(tmp_path, SPEC, IDENTITY)
+    assert point.path.name == "last.previous.ckpt" and (point.epoch, point.step) == (2, 20)
+    assert not last.exists() and last.with_name("last.ckpt.unreadable").is_file()
+
+
+def test_an_unreadable_checkpoint_without_an_earlier_one_stops_with_one_line_naming_it(tmp_path):
+    last = last_checkpoint(tmp_path)
+    last.parent.mkdir(parents=True)
+    last.write_bytes(b"")
+    with pytest.raises(S3LError) as error:
+        find_resume_point(tmp_path, SPEC, IDENTITY)
+    message = str(error.value)
+    assert f"cannot resume stages.pretrain: checkpoint {last} is unreadable" in message
+    assert "delete" in message and "resume=false" in message and "\n" not in message
+
+
+def test_a_checkpoint_written_with_other_settings_is_never_resumed(tmp_path):
+    write_checkpoint(last_checkpoint(tmp_path), epoch=1)
+    now = {"stage": {"architecture": "resnet50", "lr": 0.03}, "method": {"m": 0.9}}
+    with pytest.raises(S3LError) as error:
+        find_resume_point(tmp_path, SPEC, now)
+    message = str(error.value)
+    assert "stages.pretrain.architecture resnet18 -> resnet50, method.m 0.99 -> 0.9" in message
+    assert "resume=false" in message
+    assert find_resume_point(tmp_path, SPEC, IDENTITY).epoch == 1
+
+
+def test_no_checkpoint_is_a_fresh_start(tmp_path):
+    assert find_resume_point(tmp_path, SPEC, IDENTITY) is None

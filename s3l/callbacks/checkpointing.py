@@ -4,7 +4,6 @@ and a guard that stops on a non-finite loss before it can overwrite the last goo
 from __future__ import annotations
 
 import logging
-import os
 import random
 import signal
 from pathlib import Path
@@ -15,27 +14,31 @@ import numpy as np
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from s3l.checkpoints import write_atomically
 from s3l.errors import S3LError
 
 log = logging.getLogger("s3l")
 
 
+def previous_checkpoint(path: Path) -> Path:
+    """Where the checkpoint that `path` replaced is kept: `last.ckpt` -> `last.previous.ckpt`."""
+    return path.with_name(f"{path.stem}.previous{path.suffix}")
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Write each checkpoint to a temporary file in the same directory, then rename it into place.
+    """Write each checkpoint to a temporary file in the same directory, then rename it into place, keeping
+    the checkpoint it replaces as `<name>.previous.ckpt`.
 
     Lightning's own writer opens the final path directly, so a kill during a save leaves a truncated
-    `last.ckpt`; here the previous checkpoint stays whole until the new one is complete.
+    `last.ckpt`; here the previous checkpoint stays whole until the new one is complete, and stays on disk
+    after it, so a new checkpoint that later proves unreadable (a disk error, a bad copy) has a fallback.
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        try:
-            super().save_checkpoint(checkpoint, tmp, storage_options)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_atomically(path, lambda tmp: super(AtomicCheckpointIO, self).save_checkpoint(
+            checkpoint, tmp, storage_options), keep_previous=previous_checkpoint(path))
 
 
 class LastCheckpoint(L.Callback):
@@ -59,6 +62,66 @@ class LastCheckpoint(L.Callback):
         last_epoch = epoch >= (trainer.max_epochs or epoch)
         if last_epoch or (self.every_n_epochs and epoch % self.every_n_epochs == 0):
             trainer.save_checkpoint(self.path, weights_only=False)
+
+
+class StageRecord(L.Callback):
+    """What a checkpoint must carry beyond the training state, so that nothing is lost on a kill.
+
+    - the stage's identity (its resolved settings, `s3l.config.stage_identity`), so that a resume with other
+      settings is refused instead of silently continuing the old run;
+    - the stage's metrics so far (`trainer.callback_metrics`), so that a stage killed after its final
+      checkpoint but before its results.json reports the same metrics when the rerun finds nothing to train;
+    - the epoch's metrics.csv row when the checkpoint is saved at an epoch's end: Lightning logs that row only
+      after every `on_train_epoch_end` hook (s3l.loggers.csv_logger restores it if a kill came in between).
+    """
+
+    KEY = "s3l"
+
+    def __init__(self, identity: dict) -> None:
+        self.identity = identity
+        self.restored_metrics: dict[str, float] = {}
+        self._epoch_row_pending = False
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._epoch_row_pending = False
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._epoch_row_pending = True  # until Lightning logs it, after the last on_train_epoch_end hook
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._epoch_row_pending = False
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        metrics = {**self.restored_metrics, **scalar_metrics(trainer)}
+        pending = pending_epoch_row(trainer) if self._epoch_row_pending else None
+        checkpoint[self.KEY] = {"identity": self.identity, "metrics": metrics, "pending_row": pending}
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        self.restored_metrics = dict(checkpoint.get(self.KEY, {}).get("metrics", {}))
+
+    def metrics(self, trainer: L.Trainer) -> dict[str, float]:
+        """The stage's metrics: those of the attempts before a resume, updated by this attempt's."""
+        return {**self.restored_metrics, **scalar_metrics(trainer)}
+
+
+def pending_epoch_row(trainer: L.Trainer) -> dict | None:
+    """The row Lightning logs for the epoch that just ended (call it from an `on_train_epoch_end` hook).
+
+    Read from the logger connector, Lightning's own source of that row (`update_train_epoch_metrics` logs
+    `metrics["log"]` at the epoch's last step); there is no public API for it.
+    """
+    if trainer._results is None:
+        return None
+    row = {key: float(value) for key, value in trainer._logger_connector.metrics["log"].items()
+           if value.numel() == 1}
+    if not row:
+        return None
+    return {"epoch": trainer.current_epoch, "step": trainer.global_step - 1, **row}
+
+
+def scalar_metrics(trainer: L.Trainer) -> dict[str, float]:
+    """The trainer's logged scalar metrics as plain floats."""
+    return {key: float(value) for key, value in trainer.callback_metrics.items() if value.numel() == 1}
 
 
 class RNGStateCheckpoint(L.Callback):

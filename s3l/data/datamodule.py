@@ -62,7 +62,11 @@ def classify_train_transform(resolution: int, train_crop: str) -> Callable:
 
 
 class StageDataModule(L.LightningDataModule):
-    """Train (and test) loaders for one stage. `global_batch_size` is split evenly over the devices."""
+    """The train loader of one stage. `global_batch_size` is split evenly over the devices.
+
+    It has no `val_dataloader` (pretraining validates nothing; `ClassifyDataModule` adds the test split), so
+    Lightning has no validation loader to warn about.
+    """
 
     def __init__(
         self,
@@ -71,13 +75,10 @@ class StageDataModule(L.LightningDataModule):
         global_batch_size: int,
         num_workers: int,
         drop_last: bool,
-        test: Dataset | None = None,
-        test_transform: Callable | None = None,
         collate_fn: Callable | None = None,
     ) -> None:
         super().__init__()
         self.train_set = Transformed(train, train_transform)
-        self.test_set = Transformed(test, test_transform) if test is not None else None
         self.global_batch_size = global_batch_size
         self.num_workers = num_workers
         self.drop_last = drop_last
@@ -107,8 +108,15 @@ class StageDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, shuffle=True, drop_last=self.drop_last)
 
-    def val_dataloader(self) -> DataLoader | list:
-        if self.test_set is None:
-            return []
+
+class ClassifyDataModule(StageDataModule):
+    """Train and test loaders of a supervised stage (validated on the test split every epoch, as upstream)."""
+
+    def __init__(self, train: Dataset, train_transform: Callable, global_batch_size: int, num_workers: int,
+                 test: Dataset, test_transform: Callable) -> None:
+        super().__init__(train, train_transform, global_batch_size, num_workers, drop_last=False)
+        self.test_set = Transformed(test, test_transform)
+
+    def val_dataloader(self) -> DataLoader:
         return DataLoader(self.test_set, batch_size=self._per_device_batch(), shuffle=False,
                           num_workers=self.num_workers, pin_memory=torch.cuda.is_available())

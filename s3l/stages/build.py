@@ -23,13 +23,20 @@ from s3l.callbacks.knn import KNNMonitor
 from s3l.checkpoints import load_backbone, read_backbone_state
 from s3l.config import StageSpec
 from s3l.data.cache import CachedImages, build_resized_cache, cache_short_side
-from s3l.data.datamodule import StageDataModule, Transformed, classify_train_transform, pretrain_transform
+from s3l.data.datamodule import (
+    ClassifyDataModule,
+    StageDataModule,
+    Transformed,
+    classify_train_transform,
+    pretrain_transform,
+)
 from s3l.data.datasets import build_dataset
 from s3l.data.transforms import eval_transform
 from s3l.errors import S3LError
 from s3l.loggers import build_loggers
 from s3l.methods.mocov2 import MoCoV2
 from s3l.models.resnet import backbone_flops, build_backbone
+from s3l.resume import ResumePoint, last_checkpoint
 from s3l.stages.classify import Classifier
 
 log = logging.getLogger("s3l")
@@ -58,9 +65,9 @@ def build_datamodule(cfg: DictConfig, spec: StageSpec, train, test) -> StageData
             drop_last=True,  # upstream: drop_last=True (the queue needs whole batches)
             collate_fn=collate,
         )
-    return StageDataModule(
+    return ClassifyDataModule(
         train, classify_train_transform(s.resolution, s.train_crop), s.batch_size, cfg.dataset.num_workers,
-        drop_last=False, test=test, test_transform=eval_transform(s.resolution),
+        test, eval_transform(s.resolution),
     )
 
 
@@ -154,7 +161,7 @@ def apply_layout(module: L.LightningModule, trainer_cfg: DictConfig) -> None:
 
 
 def build_trainer(
-    cfg: DictConfig, spec: StageSpec, stage_dir: Path, callbacks: list[L.Callback], resume_step: int | None
+    cfg: DictConfig, spec: StageSpec, stage_dir: Path, callbacks: list[L.Callback], resume: ResumePoint | None
 ) -> L.Trainer:
     t = cfg.trainer
     last = last_checkpoint(stage_dir)
@@ -174,21 +181,10 @@ def build_trainer(
         limit_train_batches=t.limit_train_batches, limit_val_batches=t.limit_val_batches,
         log_every_n_steps=t.log_every_n_steps, deterministic=t.deterministic, benchmark=t.benchmark,
         sync_batchnorm=t.sync_batchnorm, num_sanity_val_steps=0, default_root_dir=stage_dir,
-        logger=build_loggers(cfg, spec, stage_dir, resume_step), callbacks=callbacks,
+        logger=build_loggers(cfg, spec, stage_dir, resume), callbacks=callbacks,
         enable_progress_bar=bar != "none", enable_model_summary=False, enable_checkpointing=False,
         plugins=[AtomicCheckpointIO()],
     )
-
-
-def last_checkpoint(stage_dir: Path) -> Path:
-    """Where a stage keeps its full training state for resuming."""
-    return stage_dir / "checkpoints" / "last.ckpt"
-
-
-def resume_checkpoint(stage_dir: Path) -> Path | None:
-    """The newest checkpoint to resume from: last.ckpt, or a SLURM pre-emption hpc_ckpt_*.ckpt."""
-    found = [p for p in [last_checkpoint(stage_dir), *stage_dir.glob("hpc_ckpt_*.ckpt")] if p.is_file()]
-    return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
 def stage_epochs(cfg: DictConfig, spec: StageSpec) -> int:

@@ -10,8 +10,10 @@ pytestmark = pytest.mark.slow
 
 
 def test_demo_chain_writes_a_self_describing_run_directory(train):
-    run = train(["debug=tiny"])
+    run = train(["debug=tiny"], env={"PYTHONWARNINGS": "default"})
     assert run.returncode == 0, run.output[-3000:]
+    for noise in ("val_dataloader", "litlogger", "LeafSpec", "Warning"):  # quiet by default
+        assert noise not in run.output
     run_dir = run.run_dir()
     results = run.results()
     assert results["chain"] == ["pretrain", "finetune", "scratch"]
