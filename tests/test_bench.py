@@ -10,6 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from s3l.data.datasets import build_dataset
+from s3l.data.views import view_specs
+from tests.data.test_views import preset
+
 ROOT = Path(__file__).resolve().parents[1]
 CUB = ROOT.parent / "shared" / "datasets" / "cub_200_2011_10cls" / "CUB_200_2011"
 
@@ -75,6 +79,34 @@ def test_bench_rejects_an_unknown_pipeline_in_one_line():
     assert proc.returncode == 2
     assert "unknown pipeline(s) gpu: choose from original, cache, fast, device" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_bench_rejects_an_unknown_augmentation_in_one_line():
+    proc = subprocess.run([sys.executable, "-m", "s3l.bench", "--augmentation", "cutout"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "unknown augmentation option 'cutout': choose one of byol, mocov2" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_bench_composes_the_views_of_its_augmentation_option(tmp_path):
+    from s3l.bench.training import pretrain_config
+
+    args = argparse.Namespace(root=str(CUB), batch=8, workers=0, precision="32-true", augmentation="byol")
+    cfg, _ = pretrain_config("resnet10", 32, args, tmp_path, None)
+    assert view_specs(cfg.augmentation) == preset("byol")
+
+
+def test_profile_times_each_view_of_asymmetric_views_with_its_own_spec():
+    from s3l.bench.data import pipeline
+    from s3l.bench.profile import LAST_OPS, ORDER, one_pass
+
+    dataset = build_dataset("cub200", str(CUB), "train", "skip")
+    datasets = {"original": dataset, 32: dataset}
+    for name in ("original", "fast", "device"):
+        _, transform, collate = pipeline(name, datasets, 32, preset("byol"))
+        spent = one_pass(name, dataset, transform, collate, images=4, batch=2)
+        assert set(spent) <= set(ORDER) and spent[LAST_OPS] > 0 and spent["crop + resize"] > 0, name
 
 
 def test_repeated_training_runs_alternate_their_order_and_pool_their_windows(monkeypatch, tmp_path):

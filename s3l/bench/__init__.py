@@ -5,10 +5,10 @@ pipeline against the fast cached one and the on-device augmentation.
 
 Sections (`--sections`):
 - data: images/s that a DataLoader delivers as ready two-view batches on the training device (no model),
-  for each pipeline of `--pipelines`: `original` (full JPEG decode + upstream MoCo v2 augmentation),
-  `cache` (the resized-image cache, same augmentation), `fast` (the cache + `fast_moco_v2_augmentation` +
-  `collate_normalized`) and `device` (the cache; workers draw the parameters, `realize_views` augments
-  whole batches on the device, timed with the loader).
+  for each pipeline of `--pipelines`: `original` (full JPEG decode + the PIL views of `--augmentation`,
+  default `mocov2`, the upstream MoCo v2 augmentation), `cache` (the resized-image cache, same views),
+  `fast` (the cache + `fast_view_transform` + `collate_normalized`) and `device` (the cache; workers draw
+  the parameters, `realize_views` augments whole batches on the device, timed with the loader).
 - train: MoCo v2 pretraining images/s of the project's MoCoV2 under the project's Trainer (built by
   `s3l.stages.build`), against a plain loop (upstream `main_moco_pretraining.py` style: SGD,
   `loss.backward()`, `optimizer.step()`, no Lightning) over the same model, optimizer, batch and DataLoader

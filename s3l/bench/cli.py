@@ -14,7 +14,6 @@ from pathlib import Path
 import lightning as L
 import torch
 import torchvision
-from omegaconf import DictConfig
 
 from s3l.bench.data import PIPELINES, bench_data
 from s3l.bench.profile import bench_profile
@@ -23,6 +22,7 @@ from s3l.bench.training import CONFIGS, bench_epoch, bench_train, pretrain_confi
 from s3l.config import check_group_options
 from s3l.data.cache import CachedImages, build_resized_cache, cache_short_side
 from s3l.data.datasets import build_dataset
+from s3l.data.views import ViewSpec, smallest_min_scale, view_specs
 
 SECTIONS = ("data", "profile", "train", "epoch")
 # glibc reads these when a process starts. By default it serves large blocks (>= 128 KiB, raised
@@ -45,6 +45,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=8, help="batches per timed window")
     parser.add_argument("--warmup", type=int, default=5, help="batches before the first window")
     parser.add_argument("--windows", type=int, default=3, help="timed windows (the median is reported)")
+    parser.add_argument("--augmentation", default="mocov2",
+                        help="the views, an option of the augmentation config group (configs/augmentation/)")
     parser.add_argument("--root", default="../shared/datasets/cub_200_2011_10cls/CUB_200_2011",
                         help="CUB-200-2011 folder (official layout or train/ + val/)")
     parser.add_argument("--out", type=Path, default=Path("bench_results"))
@@ -74,7 +76,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         unknown = set(given) - set(valid)
         if unknown:
             parser.error(f"unknown {what}(s) {', '.join(sorted(unknown))}: choose from {', '.join(valid)}")
-    problem = check_group_options([f"architecture={arch}" for arch in args.archs], CONFIGS)
+    problem = check_group_options([f"architecture={arch}" for arch in args.archs]
+                                  + [f"augmentation={args.augmentation}"], CONFIGS)
     if problem:
         parser.error(problem)
     if args.steady_malloc and not args.isolate:
@@ -97,13 +100,14 @@ def machine() -> dict:
             "load_average": os.getloadavg()}
 
 
-def build_caches(args: argparse.Namespace, augmentation: DictConfig, scratch: Path) -> tuple[dict, list[dict]]:
+def build_caches(args: argparse.Namespace, views: tuple[ViewSpec, ViewSpec],
+                 scratch: Path) -> tuple[dict, list[dict]]:
     """The train split read from files, and its resized cache for each resolution (build time measured)."""
     original = build_dataset("cub200", args.root, "train", "skip")
     datasets: dict = {"original": original}
     builds = []
     for resolution in args.resolutions:
-        side = cache_short_side(resolution, augmentation.min_scale)
+        side = cache_short_side(resolution, smallest_min_scale(views))
         start = time.perf_counter()
         folder = build_resized_cache(original, side, scratch / "cache")
         builds.append({"resolution": resolution, "short_side": side, "build_s": time.perf_counter() - start,
@@ -122,11 +126,12 @@ def main(argv: list[str] | None = None) -> dict:
     results: dict = {"machine": machine(), "settings": {k: str(v) if isinstance(v, Path) else v
                                                         for k, v in vars(args).items()}}
     cfg, _ = pretrain_config(args.archs[0], args.resolutions[0], args, scratch, None)
-    datasets, results["cache"] = build_caches(args, cfg.method.augmentation, scratch)
+    views = view_specs(cfg.augmentation)
+    datasets, results["cache"] = build_caches(args, views, scratch)
     if "data" in args.sections:
-        results["data"] = bench_data(args, datasets, cfg.method.augmentation)
+        results["data"] = bench_data(args, datasets, views)
     if "profile" in args.sections:
-        results["profile"] = bench_profile(args, datasets, cfg.method.augmentation)
+        results["profile"] = bench_profile(args, datasets, views)
     if "train" in args.sections:
         results["train"] = bench_train(args, datasets, scratch)
     if "epoch" in args.sections:

@@ -7,21 +7,21 @@ import statistics
 import time
 
 import torch
-from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset, RandomSampler, default_collate
 
 from s3l.data.datamodule import Transformed, pretrain_transform
 from s3l.data.device_augment import RawViews, realize_views
+from s3l.data.views import ViewSpec
 
 PIPELINES = ("original", "cache", "fast", "device")
 
 
-def pipeline(name: str, datasets: dict, resolution: int, augmentation: DictConfig) -> tuple:
+def pipeline(name: str, datasets: dict, resolution: int, views: tuple[ViewSpec, ViewSpec]) -> tuple:
     """(dataset, two-view transform, collate function) of one data pipeline at `resolution`, as the
     project's datamodule builds them (`pretrain_transform`)."""
     dataset = datasets["original"] if name == "original" else datasets[resolution]
     augment_on = "device" if name == "device" else "workers"
-    transform, collate = pretrain_transform(resolution, augmentation, fast=name == "fast", augment_on=augment_on)
+    transform, collate = pretrain_transform(resolution, views, fast=name == "fast", augment_on=augment_on)
     return dataset, transform, collate or default_collate
 
 
@@ -60,14 +60,14 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bench_data(args: argparse.Namespace, datasets: dict, augmentation: DictConfig) -> list[dict]:
+def bench_data(args: argparse.Namespace, datasets: dict, views: tuple[ViewSpec, ViewSpec]) -> list[dict]:
     """Ready two-view batches per second on the device from each pipeline's DataLoader, no model."""
     rows = []
     marks = window_marks(args)
     device = bench_device()
     for resolution in args.resolutions:
         for name in args.pipelines:
-            dataset, transform, collate = pipeline(name, datasets, resolution, augmentation)
+            dataset, transform, collate = pipeline(name, datasets, resolution, views)
             loader = make_loader(dataset, transform, collate, args.batch, args.workers, marks[-1])
             times = []
             for count, batch in enumerate(loader, start=1):

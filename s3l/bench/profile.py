@@ -13,20 +13,22 @@ import time
 from collections import defaultdict
 
 import torch
-from omegaconf import DictConfig
 from torchvision import transforms
 
 from s3l.bench.data import pipeline
 from s3l.data.device_augment import PARAMS, RawViews, augment_steps, normalize
+from s3l.data.views import ViewSpec
 
-# The steps of the upstream Compose, named by the transform (or the one inside a RandomApply).
+# The steps of a view's Compose, named by the transform (or the one inside a RandomApply), grouped as
+# `s3l.data.device_augment.augment_steps` groups them.
+LAST_OPS = "grayscale + blur + solarize + flip"
 STEPS = {
     "RandomResizedCrop": "crop + resize", "ColorJitter": "colour jitter", "FastColorJitter": "colour jitter",
-    "RandomGrayscale": "grayscale + blur + flip", "PILGaussianBlur": "grayscale + blur + flip",
-    "RandomHorizontalFlip": "grayscale + blur + flip", "ToTensor": "to tensor + normalise",
+    "RandomGrayscale": LAST_OPS, "PILGaussianBlur": LAST_OPS, "RandomSolarize": LAST_OPS,
+    "RandomHorizontalFlip": LAST_OPS, "ToTensor": "to tensor + normalise",
     "Normalize": "to tensor + normalise", "PILToTensor": "to tensor + normalise",
 }
-ORDER = ("read + decode", "draw parameters", "crop + resize", "colour jitter", "grayscale + blur + flip",
+ORDER = ("read + decode", "draw parameters", "crop + resize", "colour jitter", LAST_OPS,
          "to tensor + normalise", "collate")
 
 
@@ -52,9 +54,9 @@ def one_pass(name: str, dataset, transform, collate, images: int, batch: int) ->
             samples.append((timed("draw parameters", transform, image), label))
             continue
         views = []
-        for _ in range(2):
+        for view_transform in transform.transforms:  # a MultiViewTransform: one Compose per view
             view = image
-            for step in transform.base.transforms:
+            for step in view_transform.transforms:
                 view = timed(step_name(step), step, view)
             views.append(view)
         samples.append((views, label))
@@ -78,7 +80,7 @@ def augment_batch(batch: RawViews, spent: dict[str, float]) -> None:
     spent["to tensor + normalise"] += time.perf_counter() - start
 
 
-def bench_profile(args: argparse.Namespace, datasets: dict, augmentation: DictConfig) -> list[dict]:
+def bench_profile(args: argparse.Namespace, datasets: dict, views: tuple[ViewSpec, ViewSpec]) -> list[dict]:
     """Milliseconds per image (two views) in each step of each pipeline, on one thread."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -86,7 +88,7 @@ def bench_profile(args: argparse.Namespace, datasets: dict, augmentation: DictCo
     try:
         for resolution in args.resolutions:
             for name in args.pipelines:
-                dataset, transform, collate = pipeline(name, datasets, resolution, augmentation)
+                dataset, transform, collate = pipeline(name, datasets, resolution, views)
                 images = min(args.profile_images, len(dataset))
                 passes = [one_pass(name, dataset, transform, collate, images, args.batch) for _ in range(3)]
                 best = min(passes, key=lambda spent: sum(spent.values()))

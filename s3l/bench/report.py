@@ -15,8 +15,8 @@ def markdown(results: dict) -> str:
         f"{m['intra_op_threads']} intra-op threads per training process",
         f"- load average (1, 5, 15 min) at start {fmt_load(m['load_average'])}, "
         f"at end {fmt_load(m['load_average_end'])}",
-        f"- batch {s['batch']}, {s['workers']} workers, precision {s['precision']}, channels_last "
-        f"{s['channels_last']}, compile {s['compile']}, steady malloc {s['steady_malloc']}; median of "
+        f"- views {s['augmentation']}, batch {s['batch']}, {s['workers']} workers, precision {s['precision']}, "
+        f"channels_last {s['channels_last']}, compile {s['compile']}, steady malloc {s['steady_malloc']}; median of "
         f"{s['windows']} windows x {s['repeats']} repeats of {s['steps']} "
         f"batches after {s['warmup']} warm-up batches; 1 image = 2 views",
         "", "## Resized-image cache (built once per resolution)", "",

@@ -32,6 +32,7 @@ from s3l.bench.data import (
 from s3l.callbacks.cost import peak_memory_mb
 from s3l.config import StageSpec, register_resolvers, stage_specs
 from s3l.data.device_augment import realize_views
+from s3l.data.views import view_specs
 from s3l.methods.mocov2 import MoCoV2, infonce_logits
 from s3l.optim import build_sgd
 from s3l.stages.build import build_cost_meter, build_module, build_trainer
@@ -43,10 +44,12 @@ CUB_TRAIN_IMAGES = 5994  # the full CUB-200-2011 train split, for extrapolated e
 
 def pretrain_config(arch: str, resolution: int, args: argparse.Namespace, run_dir: Path,
                     limit_batches: int | None) -> tuple[DictConfig, StageSpec]:
-    """The project's config of a MoCo v2 pretraining stage on CUB, as `train.py` would compose it."""
+    """The project's config of a MoCo v2 pretraining stage on CUB with the views of `--augmentation`, as
+    `train.py` would compose it."""
     register_resolvers()
     overrides = [
         "experiment=s3l", "chain=pretrain_finetune", "dataset=cub200", f"dataset.root={args.root}",
+        f"augmentation={args.augmentation}",
         f"architecture={arch}", f"stages.pretrain.resolution={resolution}", f"method.batch_size={args.batch}",
         f"dataset.num_workers={args.workers}", f"trainer.precision={args.precision}", "trainer.max_epochs=1",
         f"trainer.limit_train_batches={'null' if limit_batches is None else limit_batches}",
@@ -114,8 +117,8 @@ def lightning_run(job: dict) -> dict:
     cfg, spec = pretrain_config(job["arch"], job["resolution"], args, run_dir, job["batches"])
     module = prepare_model(build_module(cfg, spec, len(job["datasets"]["original"].classes), world_size=1), args)
     timer = WindowTimer(marks)
-    trainer = build_trainer(cfg, spec, run_dir, [build_cost_meter(spec, cfg.architecture.stem), timer], None)
-    loader = make_loader(*pipeline(job["data"], job["datasets"], job["resolution"], cfg.method.augmentation),
+    trainer = build_trainer(cfg, spec, run_dir, [build_cost_meter(cfg, spec), timer], None)
+    loader = make_loader(*pipeline(job["data"], job["datasets"], job["resolution"], view_specs(cfg.augmentation)),
                          args.batch, args.workers, job["batches"])
     start = time.perf_counter()
     trainer.fit(module, datamodule=LoaderDataModule(loader))
@@ -159,7 +162,7 @@ def plain_run(job: dict) -> dict:
     s = spec.cfg
     optimizer = build_sgd(module.encoder_q.parameters(), s.lr, s.momentum, s.weight_decay)
     autocast, scaler = mixed_precision(args.precision, device)
-    loader = make_loader(*pipeline(job["data"], job["datasets"], job["resolution"], cfg.method.augmentation),
+    loader = make_loader(*pipeline(job["data"], job["datasets"], job["resolution"], view_specs(cfg.augmentation)),
                          args.batch, args.workers, job["batches"])
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()

@@ -1,4 +1,4 @@
-"""The fast pretraining data path: a resized-image cache and a cheaper, output-identical MoCo v2 view.
+"""The fast pretraining data path: a resized-image cache and cheaper, output-identical pretraining views.
 
 Cache: decode every photo once, store it downscaled, read it back without decoding.
 
@@ -19,9 +19,9 @@ interrupted build leaves nothing that looks finished, under an exclusive lock, s
 the first one and the next builder removes what an interrupted one left.
 
 Augmentation: with the cache, augmenting the small crops is most of what is left, colour jitter first (its
-hue shift converts to HSV and back), then resize, blur and the float conversion. `fast_moco_v2_augmentation`
-draws the same random parameters in the same order as `moco_v2_augmentation` and gives the same pixels, but
-shifts hue in one numpy pass instead of split/merge (~40% faster) and returns uint8 tensors that
+hue shift converts to HSV and back), then resize, blur and the float conversion. `fast_view_transform`
+draws the same random parameters in the same order as `view_transform` (same `ViewSpec`) and gives the same
+pixels, but shifts hue in one numpy pass instead of split/merge (~40% faster) and returns uint8 tensors that
 `collate_normalized` turns into normalised floats once per batch instead of once per view. (torchvision's
 transforms v2 on uint8 tensors were measured ~2x slower per image than these PIL ones, so they are not used.)
 """
@@ -48,7 +48,8 @@ from torchvision import transforms
 from torchvision.transforms import functional as F
 
 from s3l.data.datasets import load_rgb
-from s3l.data.transforms import IMAGENET_MEAN, IMAGENET_STD, PILGaussianBlur
+from s3l.data.transforms import IMAGENET_MEAN, IMAGENET_STD, view_ops
+from s3l.data.views import ViewSpec
 from s3l.errors import S3LError
 from s3l.lock import ProcessLock
 
@@ -258,24 +259,14 @@ class FastColorJitter(transforms.ColorJitter):
         return image
 
 
-def fast_moco_v2_augmentation(
-    size: int, min_scale: float, blur_sigma: tuple[float, float]
-) -> transforms.Compose:
-    """`moco_v2_augmentation` ending in a uint8 (3, size, size) tensor; batch it with `collate_normalized`.
+def fast_view_transform(size: int, spec: ViewSpec) -> transforms.Compose:
+    """`view_transform` ending in a uint8 (3, size, size) tensor; batch it with `collate_normalized`.
 
-    Same transforms, random draws and order as the upstream recipe, so with the same random state the
-    normalised batch equals the upstream one (up to float rounding).
+    Same operations (solarize included: PIL's, as torchvision's RandomSolarize on PIL images), random draws
+    and order, so with the same random state the normalised batch equals `view_transform`'s (up to float
+    rounding).
     """
-    return transforms.Compose(
-        [
-            transforms.RandomResizedCrop(size, scale=(min_scale, 1.0)),
-            transforms.RandomApply([FastColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
-            transforms.RandomGrayscale(p=0.2),
-            transforms.RandomApply([PILGaussianBlur(blur_sigma)], p=0.5),
-            transforms.RandomHorizontalFlip(),
-            transforms.PILToTensor(),
-        ]
-    )
+    return transforms.Compose([*view_ops(size, spec, FastColorJitter), transforms.PILToTensor()])
 
 
 # ToTensor then Normalize is (x / 255 - mean) / std = (x - 255 mean) / (255 std).
@@ -291,8 +282,8 @@ def normalize_uint8(images: torch.Tensor) -> torch.Tensor:
 def collate_normalized(samples: list):
     """`default_collate`, then every uint8 image batch normalised (one pass per batch, not per view).
 
-    Handles `(image, label)` and `([query, key], label)` samples, as made by `fast_moco_v2_augmentation`
-    alone or inside `TwoCropsTransform`.
+    Handles `(image, label)` and `([view1, view2], label)` samples, as made by `fast_view_transform` alone or
+    inside `MultiViewTransform`.
     """
     images, labels = default_collate(samples)
     if isinstance(images, list):

@@ -8,14 +8,15 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from s3l.data.cache import collate_normalized, fast_moco_v2_augmentation
+from s3l.data.cache import collate_normalized, fast_view_transform
 from s3l.data.device_augment import RawViewsCollate, RawViewsTransform, realize_views
 from s3l.data.transforms import (
-    TwoCropsTransform,
+    MultiViewTransform,
     finetune_train_transform,
-    moco_v2_augmentation,
     random_resized_crop_train_transform,
+    view_transform,
 )
+from s3l.data.views import ViewSpec
 
 
 class Transformed(Dataset):
@@ -37,21 +38,21 @@ AUGMENT_ON = ("workers", "device")
 
 
 def pretrain_transform(
-    resolution: int, augmentation, fast: bool = False, augment_on: str = "workers"
+    resolution: int, views: tuple[ViewSpec, ViewSpec], fast: bool = False, augment_on: str = "workers"
 ) -> tuple[Callable, Callable | None]:
-    """(transform, collate_fn) making two independent MoCo v2 views (query, key) at the pretraining resolution.
+    """(transform, collate_fn) making the two views (query, key), each from its own `ViewSpec`, at the
+    pretraining resolution.
 
     augment_on="workers": each DataLoader worker augments image by image on PIL images (upstream); `fast`
     yields uint8 tensors (same draws, same pixels) for `collate_normalized` to normalise per batch.
     augment_on="device": workers only draw the views' parameters; `StageDataModule.on_after_batch_transfer`
     augments whole batches on the training device (`s3l.data.device_augment`).
     """
-    min_scale, sigma = augmentation.min_scale, tuple(augmentation.blur_sigma)
     if augment_on == "device":
-        return RawViewsTransform(min_scale, sigma), RawViewsCollate(resolution)
+        return RawViewsTransform(views), RawViewsCollate(resolution)
     if fast:
-        return TwoCropsTransform(fast_moco_v2_augmentation(resolution, min_scale, sigma)), collate_normalized
-    return TwoCropsTransform(moco_v2_augmentation(resolution, min_scale, sigma)), None
+        return MultiViewTransform([fast_view_transform(resolution, spec) for spec in views]), collate_normalized
+    return MultiViewTransform([view_transform(resolution, spec) for spec in views]), None
 
 
 def classify_train_transform(resolution: int, train_crop: str) -> Callable:

@@ -1,5 +1,5 @@
-"""On-device MoCo v2 augmentation: DataLoader workers only read images and draw random parameters; the
-views are cropped, resized, jittered, blurred and flipped in whole batches on the training device.
+"""On-device pretraining augmentation: DataLoader workers only read images and draw random parameters; the
+views are cropped, resized, jittered, blurred, solarized and flipped in whole batches on the training device.
 
 Why: at 56 and 112 px, once the resized-image cache removes the JPEG decode, what is left per image is the
 per-view PIL augmentation (about 5 ms per image at 112 px on one CPU core, docs/benchmarks.md). A GPU
@@ -7,14 +7,15 @@ does the same work for a batch of 256 views in a few milliseconds, so the CPU wo
 fast the GPU is fed.
 
 How (selected with `dataset.augment_on=device`):
-- a worker turns an image into a uint8 (3, H, W) tensor and draws both views' parameters with
-  `draw_view_params`: the same random calls, in the same order, as the PIL pipeline of
-  `s3l.data.transforms.moco_v2_augmentation` (so the same seeds give the same crops, jitter, grayscale,
-  blur and flip decisions), stored as one row of `PARAMS` floats per view;
+- a worker turns an image into a uint8 (3, H, W) tensor and draws each view's parameters from its own
+  `ViewSpec` with `draw_view_params`: the same random calls, in the same order, as the PIL pipeline of
+  `s3l.data.transforms.view_transform` (so the same seeds give the same crops, jitter, grayscale, blur,
+  solarize and flip decisions; an operation with probability 0 draws nothing on either path), stored as one
+  row of `PARAMS` floats per view;
 - `collate_raw_views` pads a batch of images to a common size by repeating their last row and column (so
   sampling at an image border sees that image, never the padding) into a `RawViews` batch;
 - after the batch reaches the device, `StageDataModule.on_after_batch_transfer` calls `realize_views`,
-  which makes the normalised ((query, key), labels) batch that MoCo expects.
+  which makes the normalised ((view1, view2), labels) batch that the pretraining methods expect.
 
 The maths follows torchvision's tensor functional ops (on floats in [0, 1], per-sample factors). Where it
 differs from the PIL pipeline, and why that is harmless:
@@ -24,9 +25,10 @@ differs from the PIL pipeline, and why that is harmless:
   output pixels blend in the image pixels just outside the box, where crop-then-resize repeats the edge;
 - the blur is a true Gaussian with sigma = the drawn radius (kernel 2 * ceil(3 sigma_max) + 1, reflected
   borders, as torchvision's `gaussian_blur`), where PIL approximates it with three box blurs;
-- values stay float between the steps instead of being rounded to uint8 after each one.
-tests/data/test_device_augment.py checks each op against torchvision's per-image ops and the whole
-pipeline against the PIL one under the same seed.
+- values stay float between the steps instead of being rounded to uint8 after each one (solarize therefore
+  compares with 127.5, where PIL compares the rounded value with 128).
+tests/data/test_device_augment.py checks each op against torchvision's per-image ops, and
+tests/data/test_views.py the whole pipeline against the PIL one under the same seeds, for every preset.
 """
 
 from __future__ import annotations
@@ -45,16 +47,13 @@ from torchvision.ops import roi_align
 from torchvision.transforms.functional import pil_to_tensor
 
 from s3l.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from s3l.data.views import ViewSpec
 
-# One row of view parameters: crop box, colour jitter (applied?, op order, 4 factors), grayscale?,
-# blur? and its sigma, flip?
-TOP, LEFT, HEIGHT, WIDTH, JITTER, ORDER, BRIGHTNESS, CONTRAST, SATURATION, HUE, GRAY, BLUR, SIGMA, FLIP = (
-    0, 1, 2, 3, 4, slice(5, 9), 9, 10, 11, 12, 13, 14, 15, 16
-)
-PARAMS = 17
-# The MoCo v2 ("aug-plus") probabilities and strengths, as in moco_v2_augmentation.
-JITTER_P, GRAY_P, BLUR_P, FLIP_P = 0.8, 0.2, 0.5, 0.5
-JITTER_STRENGTHS = (0.4, 0.4, 0.4, 0.1)  # brightness, contrast, saturation, hue
+# One row of view parameters, in the canonical order: crop box, colour jitter (applied?, op order,
+# 4 factors), grayscale?, blur? and its sigma, solarize?, flip?
+(TOP, LEFT, HEIGHT, WIDTH, JITTER, ORDER, BRIGHTNESS, CONTRAST, SATURATION, HUE, GRAY, BLUR, SIGMA, SOLARIZE,
+ FLIP) = (0, 1, 2, 3, 4, slice(5, 9), 9, 10, 11, 12, 13, 14, 15, 16, 17)
+PARAMS = 18
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale (ITU-R 601-2)
 
 
@@ -69,34 +68,42 @@ class RawViews(NamedTuple):
 
 
 class RawViewsTransform:
-    """The worker's part: the image as a uint8 tensor and the parameters of its two views."""
+    """The worker's part: the image as a uint8 tensor and one row of parameters per view, each drawn from
+    its own `ViewSpec` (view1 first, as `MultiViewTransform`)."""
 
-    def __init__(self, min_scale: float, blur_sigma: tuple[float, float]) -> None:
-        self.min_scale = min_scale
-        self.blur_sigma = tuple(blur_sigma)
-        self._jitter = transforms.ColorJitter(*JITTER_STRENGTHS)  # holds the factor ranges
+    def __init__(self, specs: tuple[ViewSpec, ViewSpec]) -> None:
+        self.specs = tuple(specs)
+        self._jitters = [transforms.ColorJitter(*spec.jitter) for spec in self.specs]  # the factor ranges
 
     def __call__(self, image: Image.Image) -> tuple[Tensor, Tensor]:
         pixels = pil_to_tensor(image)  # every dataset already serves RGB (load_rgb, CachedImages, digits)
-        return pixels, torch.stack([self.draw_view_params(pixels) for _ in range(2)])
+        return pixels, torch.stack([self.draw_view_params(pixels, view) for view in range(len(self.specs))])
 
-    def draw_view_params(self, pixels: Tensor) -> Tensor:
-        """One view's parameters, drawn with the same calls in the same order as the PIL pipeline."""
-        row = [0.0] * PARAMS
+    def draw_view_params(self, pixels: Tensor, view: int) -> Tensor:
+        """One view's parameters, drawn with the same calls in the same order as the PIL pipeline
+        (`s3l.data.transforms.view_ops`); an operation with probability 0 draws nothing."""
+        spec, row = self.specs[view], [0.0] * PARAMS
         row[TOP], row[LEFT], row[HEIGHT], row[WIDTH] = transforms.RandomResizedCrop.get_params(
-            pixels, [self.min_scale, 1.0], [3 / 4, 4 / 3]
+            pixels, [spec.min_scale, 1.0], [3 / 4, 4 / 3]
         )
-        if not JITTER_P < torch.rand(1):  # RandomApply's test
-            j = self._jitter
+        if spec.jitter_p > 0 and not spec.jitter_p < torch.rand(1):  # RandomApply's test
+            j = self._jitters[view]
             order, *factors = j.get_params(j.brightness, j.contrast, j.saturation, j.hue)
             row[JITTER] = 1.0
             row[ORDER] = order.tolist()
-            row[BRIGHTNESS], row[CONTRAST], row[SATURATION], row[HUE] = factors
-        row[GRAY] = float(torch.rand(1) < GRAY_P)  # RandomGrayscale's test
-        if not BLUR_P < torch.rand(1):
+            # A zero strength is no factor (None): ColorJitter skips that op, a neutral factor does nothing.
+            row[BRIGHTNESS], row[CONTRAST], row[SATURATION], row[HUE] = (
+                neutral if factor is None else factor for factor, neutral in zip(factors, (1.0, 1.0, 1.0, 0.0))
+            )
+        if spec.grayscale_p > 0:
+            row[GRAY] = float(torch.rand(1) < spec.grayscale_p)  # RandomGrayscale's test
+        if spec.blur_p > 0 and not spec.blur_p < torch.rand(1):
             row[BLUR] = 1.0
-            row[SIGMA] = random.uniform(*self.blur_sigma)  # Python's random, as PILGaussianBlur
-        row[FLIP] = float(torch.rand(1) < FLIP_P)  # RandomHorizontalFlip's test
+            row[SIGMA] = random.uniform(*spec.blur_sigma)  # Python's random, as PILGaussianBlur
+        if spec.solarize_p > 0:
+            row[SOLARIZE] = float(torch.rand(1).item() < spec.solarize_p)  # RandomSolarize's test
+        if spec.flip_p > 0:
+            row[FLIP] = float(torch.rand(1) < spec.flip_p)  # RandomHorizontalFlip's test
         return torch.tensor(row, dtype=torch.float32)
 
 
@@ -153,7 +160,8 @@ def augment_steps(images: Tensor, params: Tensor, size: int, views_per_image: in
     yield "colour jitter", color_jitter(views, params)
     views = grayscale(views, params[:, GRAY] > 0)
     views = gaussian_blur(views, params[:, BLUR] > 0, params[:, SIGMA])
-    yield "grayscale + blur + flip", flip(views, params[:, FLIP] > 0)
+    views = solarize(views, params[:, SOLARIZE] > 0)
+    yield "grayscale + blur + solarize + flip", flip(views, params[:, FLIP] > 0)
 
 
 def resized_crops(images: Tensor, params: Tensor, size: int, views_per_image: int = 1) -> Tensor:
@@ -209,7 +217,7 @@ JITTER_OPS = ((adjust_brightness, BRIGHTNESS), (adjust_contrast, CONTRAST), (adj
 def color_jitter(views: Tensor, params: Tensor) -> Tensor:
     """ColorJitter on the rows whose JITTER flag is set, each in its own drawn order of the four ops.
 
-    Like `grayscale`, `gaussian_blur` and `flip`, it writes into `views` and returns it.
+    Like `grayscale`, `gaussian_blur`, `solarize` and `flip`, it writes into `views` and returns it.
     """
     applied = params[:, JITTER] > 0
     order = params[:, ORDER].long()
@@ -241,6 +249,15 @@ def gaussian_blur(views: Tensor, mask: Tensor, sigma: Tensor) -> Tensor:
     x = F.conv2d(x, kernel.view(m * c, 1, -1, 1), groups=m * c)
     views[rows] = x.view(m, c, h, w)
     return views
+
+
+def solarize(views: Tensor, mask: Tensor) -> Tensor:
+    """PIL's solarize at threshold 128 on the masked rows of float views in [0, 1]: bright values v become 1 - v.
+
+    PIL compares uint8 values, so a float view value solarizes when it would round to 128 or more, i.e. when
+    value x 255 >= 127.5 (the same as value >= 0.5, BYOL's definition).
+    """
+    return _selected(views, mask, lambda v: torch.where(v * 255 >= 127.5, 1 - v, v))
 
 
 def flip(views: Tensor, mask: Tensor) -> Tensor:

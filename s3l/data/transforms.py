@@ -1,17 +1,19 @@
 """The upstream S3L image pipelines (torchvision transforms v1 on PIL images, ImageNet statistics).
 
-Pretraining uses the MoCo v2 augmentation on two independent views; fine-tuning and evaluation use the
-Resize-then-crop recipes of the upstream `main.py`, where the resize side is `size / 0.875`
-(224 -> 256, 112 -> 128).
+Pretraining makes two views of each image, each drawn from its own `ViewSpec` (`configs/augmentation/`,
+MoCo v2's "aug-plus" by default); fine-tuning and evaluation use the Resize-then-crop recipes of the upstream
+`main.py`, where the resize side is `size / 0.875` (224 -> 256, 112 -> 128).
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from PIL import Image, ImageFilter
 from torchvision import transforms
+
+from s3l.data.views import ViewSpec
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -37,31 +39,42 @@ class PILGaussianBlur:
         return f"{type(self).__name__}(sigma={self.sigma})"
 
 
-class TwoCropsTransform:
-    """Two independent draws of `base` on the same image: `[query, key]`."""
+class MultiViewTransform:
+    """One view per transform, in order, of the same image: `[view1, view2]` (query and key for MoCo)."""
 
-    def __init__(self, base: Callable) -> None:
-        self.base = base
+    def __init__(self, view_transforms: Sequence[Callable]) -> None:
+        self.transforms = list(view_transforms)
 
     def __call__(self, image: Image.Image) -> list:
-        return [self.base(image), self.base(image)]
+        return [transform(image) for transform in self.transforms]
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.base!r})"
+        return f"{type(self).__name__}({self.transforms!r})"
 
 
-def moco_v2_augmentation(size: int, min_scale: float, blur_sigma: tuple[float, float]) -> transforms.Compose:
-    """MoCo v2 ("aug-plus") view: random resized crop to `size`, colour jitter, grayscale, blur, flip."""
-    return transforms.Compose(
-        [
-            transforms.RandomResizedCrop(size, scale=(min_scale, 1.0)),
-            transforms.RandomApply([transforms.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
-            transforms.RandomGrayscale(p=0.2),
-            transforms.RandomApply([PILGaussianBlur(blur_sigma)], p=0.5),
-            transforms.RandomHorizontalFlip(),
-            *_to_normalized_tensor(),
-        ]
-    )
+def view_ops(size: int, spec: ViewSpec, jitter: type[transforms.ColorJitter] = transforms.ColorJitter) -> list:
+    """The random PIL operations of one view, in the canonical order (crop, jitter, grayscale, blur,
+    solarize, flip); an operation with probability 0 is left out, so it draws no random number.
+
+    `jitter` is the ColorJitter class (the fast path passes one with the same draws and pixels).
+    """
+    ops = [transforms.RandomResizedCrop(size, scale=(spec.min_scale, 1.0), ratio=(3 / 4, 4 / 3))]
+    if spec.jitter_p > 0:
+        ops.append(transforms.RandomApply([jitter(*spec.jitter)], p=spec.jitter_p))
+    if spec.grayscale_p > 0:
+        ops.append(transforms.RandomGrayscale(p=spec.grayscale_p))
+    if spec.blur_p > 0:
+        ops.append(transforms.RandomApply([PILGaussianBlur(spec.blur_sigma)], p=spec.blur_p))
+    if spec.solarize_p > 0:
+        ops.append(transforms.RandomSolarize(threshold=128, p=spec.solarize_p))  # PIL ImageOps.solarize
+    if spec.flip_p > 0:
+        ops.append(transforms.RandomHorizontalFlip(p=spec.flip_p))
+    return ops
+
+
+def view_transform(size: int, spec: ViewSpec) -> transforms.Compose:
+    """One pretraining view at `size` x `size` (PIL operations of `spec`, then ToTensor and Normalize)."""
+    return transforms.Compose([*view_ops(size, spec), *_to_normalized_tensor()])
 
 
 def finetune_train_transform(size: int) -> transforms.Compose:

@@ -1,4 +1,4 @@
-"""The resized-image cache and the fast MoCo v2 view, on real CUB photos (../shared/datasets, read-only)."""
+"""The resized-image cache and the fast views, on real CUB photos (../shared/datasets, read-only)."""
 
 import math
 import os
@@ -23,12 +23,14 @@ from s3l.data.cache import (
     build_resized_cache,
     cache_short_side,
     collate_normalized,
-    fast_moco_v2_augmentation,
+    fast_view_transform,
     normalize_uint8,
 )
 from s3l.data.datasets import CUB200, LabelledImages
-from s3l.data.transforms import TwoCropsTransform, moco_v2_augmentation
+from s3l.data.transforms import MultiViewTransform, view_transform
+from s3l.data.views import smallest_min_scale
 from s3l.errors import S3LError
+from tests.data.test_views import preset
 
 CUB = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "cub_200_2011_10cls" / "CUB_200_2011"
 MEAN = [0.485, 0.456, 0.406]
@@ -198,7 +200,7 @@ def test_deterministic_pipeline_gives_the_same_tensors_with_and_without_the_cach
 
 def test_moco_v2_views_are_alike_with_and_without_the_cache(photos, tmp_path):
     size = 56
-    augmentation = moco_v2_augmentation(size, 0.2, (0.1, 2.0))
+    augmentation = view_transform(size, preset("mocov2")[0])
     cached = CachedImages(build_resized_cache(photos, cache_short_side(size, 0.2), tmp_path))
 
     def views(dataset):
@@ -223,11 +225,12 @@ def test_adjust_hue_gives_torchvision_s_pixels(photos, hue):
     np.testing.assert_array_equal(np.asarray(adjust_hue(photo, hue)), np.asarray(F.adjust_hue(photo, hue)))
 
 
-def test_fast_augmentation_gives_the_upstream_views(photos, tmp_path):
-    size = 56
-    cached = CachedImages(build_resized_cache(photos, cache_short_side(size, 0.2), tmp_path))
-    upstream = TwoCropsTransform(moco_v2_augmentation(size, 0.2, (0.1, 2.0)))
-    fast = TwoCropsTransform(fast_moco_v2_augmentation(size, 0.2, (0.1, 2.0)))
+@pytest.mark.parametrize("name", ["mocov2", "byol"])
+def test_fast_views_give_the_pil_views(photos, tmp_path, name):
+    size, views = 56, preset(name)
+    cached = CachedImages(build_resized_cache(photos, cache_short_side(size, smallest_min_scale(views)), tmp_path))
+    upstream = MultiViewTransform([view_transform(size, spec) for spec in views])
+    fast = MultiViewTransform([fast_view_transform(size, spec) for spec in views])
 
     def batch(transform, seed):
         torch.manual_seed(seed)

@@ -1,4 +1,4 @@
-"""The upstream augmentation and evaluation pipelines, on a real CUB photo."""
+"""The pretraining views and the upstream evaluation pipelines, on a real CUB photo."""
 
 import random
 from pathlib import Path
@@ -10,13 +10,14 @@ from PIL import Image, ImageFilter
 from torchvision import transforms
 
 from s3l.data.transforms import (
+    MultiViewTransform,
     PILGaussianBlur,
-    TwoCropsTransform,
     eval_transform,
     finetune_train_transform,
-    moco_v2_augmentation,
     random_resized_crop_train_transform,
+    view_transform,
 )
+from tests.data.test_views import preset
 
 PHOTO = (
     Path(__file__).resolve().parents[3]
@@ -35,7 +36,7 @@ def photo():
 @pytest.mark.parametrize("size", [16, 56, 112, 224])
 def test_every_pipeline_gives_size_by_size_tensors(photo, size):
     pipelines = [
-        moco_v2_augmentation(size, 0.2, (0.1, 2.0)),
+        *(view_transform(size, spec) for spec in preset("byol")),
         finetune_train_transform(size),
         random_resized_crop_train_transform(size),
         eval_transform(size),
@@ -45,31 +46,65 @@ def test_every_pipeline_gives_size_by_size_tensors(photo, size):
         assert output.shape == (3, size, size) and output.dtype == torch.float32
 
 
-def test_two_crops_are_query_and_key_that_differ(photo):
+def test_multi_view_transform_makes_one_view_per_transform_in_order(photo):
+    views = MultiViewTransform([view_transform(56, spec) for spec in preset("byol")])
     torch.manual_seed(0)
     random.seed(0)
-    views = TwoCropsTransform(moco_v2_augmentation(56, 0.2, (0.1, 2.0)))(photo)
-    assert len(views) == 2
-    assert views[0].shape == views[1].shape == (3, 56, 56)
-    assert not torch.equal(views[0], views[1])
+    view1, view2 = views(photo)
+    assert view1.shape == view2.shape == (3, 56, 56) and not torch.equal(view1, view2)
+    torch.manual_seed(0)
+    random.seed(0)
+    assert torch.equal(views.transforms[0](photo), view1)
+    assert torch.equal(views.transforms[1](photo), view2)
 
 
-def test_moco_v2_augmentation_is_the_upstream_recipe():
-    steps = moco_v2_augmentation(112, 0.2, (0.1, 2.0)).transforms
-    crop, jitter, grayscale, blur, flip, to_tensor, normalize = steps
+def upstream_moco_v2_view(size: int) -> transforms.Compose:
+    """The MoCo v2 ("aug-plus") view as upstream and this project's previous `moco_v2_augmentation` wrote it."""
+    return transforms.Compose([
+        transforms.RandomResizedCrop(size, scale=(0.2, 1.0)),
+        transforms.RandomApply([transforms.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+        transforms.RandomGrayscale(p=0.2),
+        transforms.RandomApply([PILGaussianBlur((0.1, 2.0))], p=0.5),
+        transforms.RandomHorizontalFlip(),
+        transforms.ToTensor(),
+        transforms.Normalize(MEAN, STD),
+    ])
+
+
+@pytest.mark.parametrize("size", [32, 112])
+def test_mocov2_preset_gives_exactly_the_upstream_views(photo, size):
+    """MoCo's data did not change: the same seed gives the very pixels of the upstream two-crops transform."""
+    upstream = upstream_moco_v2_view(size)
+    preset_views = MultiViewTransform([view_transform(size, spec) for spec in preset("mocov2")])
+    for seed in range(6):
+        torch.manual_seed(seed)
+        random.seed(seed)
+        expected = [upstream(photo), upstream(photo)]
+        expected_state = torch.get_rng_state(), random.getstate()
+        torch.manual_seed(seed)
+        random.seed(seed)
+        views = preset_views(photo)
+        assert torch.equal(views[0], expected[0]) and torch.equal(views[1], expected[1])
+        assert torch.equal(torch.get_rng_state(), expected_state[0]) and random.getstate() == expected_state[1]
+
+
+def test_view_transform_applies_the_spec_in_the_canonical_order():
+    spec = preset("byol")[1]
+    crop, jitter, grayscale, blur, solarize, flip, to_tensor, normalize = view_transform(112, spec).transforms
     assert isinstance(crop, transforms.RandomResizedCrop) and crop.size == (112, 112)
-    assert crop.scale == (0.2, 1.0)
+    assert crop.scale == (0.08, 1.0) and crop.ratio == (3 / 4, 4 / 3)
     assert jitter.p == 0.8 and isinstance(jitter.transforms[0], transforms.ColorJitter)
     color = jitter.transforms[0]
     assert (color.brightness, color.contrast, color.saturation, color.hue) == (
         (0.6, 1.4),
         (0.6, 1.4),
-        (0.6, 1.4),
+        (0.8, 1.2),
         (-0.1, 0.1),
     )
     assert isinstance(grayscale, transforms.RandomGrayscale) and grayscale.p == 0.2
-    assert blur.p == 0.5 and isinstance(blur.transforms[0], PILGaussianBlur)
+    assert blur.p == 0.1 and isinstance(blur.transforms[0], PILGaussianBlur)
     assert blur.transforms[0].sigma == (0.1, 2.0)
+    assert isinstance(solarize, transforms.RandomSolarize) and (solarize.threshold, solarize.p) == (128, 0.2)
     assert isinstance(flip, transforms.RandomHorizontalFlip) and flip.p == 0.5
     assert isinstance(to_tensor, transforms.ToTensor)
     assert list(normalize.mean) == MEAN and list(normalize.std) == STD
