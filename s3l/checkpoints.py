@@ -26,10 +26,11 @@ REQUIRED_META = ("architecture", "resolution", "stage", "method", "dataset", "ep
 EXPECTED_FORMATS = "a backbone.pt, a Lightning .ckpt or an original S3L/MoCo checkpoint with a state_dict"
 
 # Checked in order; the first prefix that any key carries decides the format, and only its keys are kept.
-# Our MoCo module before the others, so that its key encoder and head never reach the backbone.
+# Our own Lightning checkpoints name their backbone's prefix themselves (`backbone_prefix`, written by
+# s3l.methods.base.SSLMethod); the list covers the other formats.
 _BACKBONE_PREFIXES = (
     "module.encoder_q.",  # original MoCo (DDP): drops module.encoder_k.*, module.queue, module.queue_ptr
-    "encoder_q.backbone.",  # our MoCo LightningModule
+    "encoder_q.backbone.",  # our MoCo LightningModule of s3l 0.1, before backbone_prefix was recorded
     "encoder_q.",  # original BYOL
     "backbone.",  # our Classifier LightningModule
     "module.",  # original DataParallel classifier, e.g. the conv5 warm-up output
@@ -117,9 +118,13 @@ def _read_meta(path: Path, checkpoint: Mapping) -> dict:
     return {}
 
 
-def backbone_keys(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Map a checkpoint's state dict to torchvision ResNet backbone keys; drop fc, heads, key encoder, queue."""
-    prefix = next((p for p in _BACKBONE_PREFIXES if any(key.startswith(p) for key in state)), "")
+def backbone_keys(state: Mapping[str, Tensor], prefix: str | None = None) -> dict[str, Tensor]:
+    """Map a checkpoint's state dict to torchvision ResNet backbone keys; drop fc, heads, key encoder, queue.
+
+    `prefix`: where the backbone sits, when the checkpoint says so; else the first known format that matches.
+    """
+    if prefix is None:
+        prefix = next((p for p in _BACKBONE_PREFIXES if any(key.startswith(p) for key in state)), "")
     mapped = {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
     return {key: value for key, value in mapped.items() if not key.startswith("fc.")}
 
@@ -133,7 +138,9 @@ def read_backbone_state(path: str | Path) -> tuple[dict[str, Tensor], dict]:
     state = checkpoint.get("state_dict", checkpoint)
     if not isinstance(state, Mapping):
         raise S3LError(f"checkpoint {path} has a state_dict that is not a dict: expected {EXPECTED_FORMATS}")
-    weights = {key: value for key, value in backbone_keys(state).items() if isinstance(value, Tensor)}
+    prefix = checkpoint.get("backbone_prefix") if "state_dict" in checkpoint else None
+    prefix = prefix if isinstance(prefix, str) else None
+    weights = {key: value for key, value in backbone_keys(state, prefix).items() if isinstance(value, Tensor)}
     if not weights:
         raise S3LError(
             f"checkpoint {path} holds no backbone weights (no conv1/layer* tensors): expected {EXPECTED_FORMATS}"

@@ -29,10 +29,17 @@ def run_id(overrides: str, resume: bool | str) -> str:
     return f"run-{digest}"
 
 
+def scaled_lr(base: float, batch_size: int) -> float:
+    """The linear scaling rule, `base * batch_size / 256` (SimSiam, BYOL and SimCLR state their LR this way)."""
+    return float(base) * int(batch_size) / 256
+
+
 def register_resolvers() -> None:
-    """Register `${s3l_run_id:...}` (idempotent)."""
+    """Register `${s3l_run_id:...}` and `${s3l_scaled_lr:base,batch}` (idempotent)."""
     if not OmegaConf.has_resolver("s3l_run_id"):
         OmegaConf.register_new_resolver("s3l_run_id", run_id)
+    if not OmegaConf.has_resolver("s3l_scaled_lr"):
+        OmegaConf.register_new_resolver("s3l_scaled_lr", scaled_lr)
 
 
 def config_hash(cfg: DictConfig) -> str:
@@ -55,6 +62,12 @@ def stage_specs(cfg: DictConfig) -> list[StageSpec]:
     if cfg.get("stage") is not None:
         return [StageSpec(str(cfg.stage.kind), "stage", cfg.stage)]
     return [StageSpec(str(name), f"stages.{name}", cfg.stages[name]) for name in cfg.chain]
+
+
+def stage_epochs(cfg: DictConfig, spec: StageSpec) -> int:
+    """The epochs a stage trains: its own, capped by trainer.max_epochs when that is set (smoke tests)."""
+    cap = cfg.trainer.max_epochs
+    return spec.cfg.epochs if cap is None else min(cap, spec.cfg.epochs)
 
 
 NUMERIC_GROUPS = ("resolution",)
@@ -97,9 +110,10 @@ RESULT_NEUTRAL_KEYS = ("dataset.num_workers", "dataset.cache_dir", "trainer.log_
 
 
 def stage_identity(cfg: DictConfig, spec: StageSpec) -> dict:
-    """What a stage's result depends on: its own settings plus method, network, data, trainer and seed."""
+    """What a stage's result depends on: its own settings plus method, views, optimizer, network, data, trainer
+    and seed."""
     identity = {"stage": OmegaConf.to_container(spec.cfg, resolve=True)}
-    for key in ("method", "architecture", "dataset", "trainer", "seed"):
+    for key in ("method", "augmentation", "optimizer", "architecture", "dataset", "trainer", "seed"):
         value = cfg[key]
         identity[key] = OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
     for dotted in RESULT_NEUTRAL_KEYS:
@@ -152,6 +166,8 @@ def one_line_config_errors() -> Iterator[None]:
     try:
         yield
     except (HydraException, OmegaConfBaseException) as error:
+        if HydraTask.started:
+            raise
         _exit_with(f"config: {_one_line(error)}")
     except OSError as error:
         if HydraTask.started:

@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 
 
-def _world() -> tuple[int, int]:
+def world() -> tuple[int, int]:
     """(rank, world size) of this process; (0, 1) when torch.distributed is not in use."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -20,12 +20,29 @@ def _world() -> tuple[int, int]:
 @torch.no_grad()
 def concat_all_gather(tensor: torch.Tensor) -> torch.Tensor:
     """Concatenate `tensor` from every process along dim 0, in rank order (no gradient flows back)."""
-    _, world_size = _world()
+    _, world_size = world()
     if world_size == 1:
         return tensor
     gathered = [torch.empty_like(tensor) for _ in range(world_size)]
     dist.all_gather(gathered, tensor.contiguous())
     return torch.cat(gathered, dim=0)
+
+
+def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """`concat_all_gather` through which gradients flow back to the process that computed each slice.
+
+    The functional all-gather's backward sums every process's gradient for a slice onto the slice's owner (a
+    reduce-scatter); with DDP averaging the parameter gradients over processes, a loss that each process
+    computes on the gathered batch is optimised exactly as the same loss on one device (tests/test_distributed.py).
+    It is torch's recommended autograd all-gather (torch.distributed.nn's is deprecated), though its module is
+    underscored.
+    """
+    _, world_size = world()
+    if world_size == 1:
+        return tensor
+    from torch.distributed._functional_collectives import all_gather_single_autograd
+
+    return all_gather_single_autograd(tensor.contiguous(), gather_dim=0, group=dist.group.WORLD)
 
 
 @torch.no_grad()
@@ -35,7 +52,7 @@ def batch_shuffle(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     Every process must pass a batch of the same size. Rank 0 draws the permutation and broadcasts it,
     so all processes agree on it.
     """
-    rank, world_size = _world()
+    rank, world_size = world()
     x_all = concat_all_gather(x)
     idx_shuffle = torch.randperm(x_all.shape[0], device=x.device)
     if world_size > 1:
@@ -48,7 +65,7 @@ def batch_shuffle(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 @torch.no_grad()
 def batch_unshuffle(x: torch.Tensor, idx_unshuffle: torch.Tensor) -> torch.Tensor:
     """Undo `batch_shuffle`: return this process's original slice, in its original order."""
-    rank, world_size = _world()
+    rank, world_size = world()
     x_all = concat_all_gather(x)
     idx_this = idx_unshuffle.view(world_size, -1)[rank]
     return x_all[idx_this]

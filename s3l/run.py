@@ -18,9 +18,18 @@ from omegaconf import DictConfig, OmegaConf
 from s3l import __version__
 from s3l.callbacks.checkpointing import StageRecord
 from s3l.checkpoints import export_backbone, write_atomically
-from s3l.config import HydraTask, StageSpec, config_hash, stage_config_hash, stage_identity, stage_specs
+from s3l.config import (
+    HydraTask,
+    StageSpec,
+    config_hash,
+    stage_config_hash,
+    stage_epochs,
+    stage_identity,
+    stage_specs,
+)
 from s3l.errors import S3LError
 from s3l.loggers import finish_wandb
+from s3l.methods.base import SSLMethod, method_class
 from s3l.quiet import silence_dependency_noise
 from s3l.report import print_config_tree, print_results_table
 from s3l.resume import find_resume_point, last_checkpoint
@@ -36,9 +45,8 @@ from s3l.stages.build import (
     build_trainer,
     init_source,
     initialise,
-    stage_epochs,
 )
-from s3l.validate import validate_config, validate_queue_size, validate_world
+from s3l.validate import validate_config, validate_world
 
 log = logging.getLogger("s3l")
 
@@ -103,17 +111,16 @@ def run_stage(cfg: DictConfig, spec: StageSpec, stage_dir: Path, previous_dir: P
     """Build data, module and trainer for one stage, train it (resuming if it was interrupted), export."""
     train, test = datasets
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    cost = build_cost_meter(spec, cfg.architecture.stem)
+    cost = build_cost_meter(cfg, spec)
     knn = build_knn_monitor(cfg, spec, train, test)
     identity = stage_identity(cfg, spec)
     resume = find_resume_point(stage_dir, spec, identity) if cfg.resume else None
     record = StageRecord(identity)
     callbacks = [cost, record, knn] if knn else [cost, record]
     trainer = build_trainer(cfg, spec, stage_dir, callbacks, resume)
-    is_pretrain = spec.cfg.kind == "pretrain"
-    validate_world(spec, cfg.method.bn_splits if is_pretrain else None, trainer.world_size)
-    if is_pretrain:
-        validate_queue_size(spec, cfg.method.K, len(train), cfg.dataset.name)
+    validate_world(spec, trainer.world_size)
+    if spec.cfg.kind == "pretrain":
+        method_class(cfg.method).check_run(cfg.method, spec, cfg.dataset.name, len(train), trainer.world_size)
     module = build_module(cfg, spec, len(train.classes), trainer.world_size)
     source = init_source(spec, previous_dir)
     init = initialise(module, spec, source)
@@ -153,7 +160,7 @@ def export_stage(cfg: DictConfig, spec: StageSpec, stage_dir: Path, module, trai
         "config_hash": stage_config_hash(cfg, spec),
     }
     export_backbone(module.backbone, stage_dir, meta)
-    if spec.cfg.kind == "pretrain":
+    if isinstance(module, SSLMethod):
         write_atomically(stage_dir / METHOD_STATE, lambda tmp: torch.save(module.state_dict(), tmp))
 
 
@@ -161,6 +168,8 @@ def stage_result(cfg, spec: StageSpec, stage_dir: Path, module, trainer, metrics
     """What one stage achieved and cost (over every attempt), with the paths of its artifacts."""
     if "knn/acc1" in metrics:
         metrics["knn_top1"] = metrics["knn/acc1"]
+    if "knn/acc1_init" in metrics:
+        metrics["knn_top1_init"] = metrics["knn/acc1_init"]
     if spec.cfg.kind != "pretrain":
         metrics.update(
             top1_last=module.last_acc1, top1_best=module.best_acc1, best_epoch=module.best_epoch,

@@ -2,7 +2,7 @@
 
 A schema is a dataclass (or a class whose `__init__` is typed the same way) whose annotations say what each
 setting may hold: `int`, `float` (an int is accepted), `bool`, `str`, `Literal[...]` choices, `list[...]`,
-`X | None`, a nested schema, and `Annotated[..., Range(...)]` for bounds. `check` walks a composed config
+`tuple[...]` (a list of that many items), `X | None`, a nested schema, and `Annotated[..., Range(...)]` for bounds. `check` walks a composed config
 node against it and raises one S3LError line for the first setting that does not fit, naming its full key,
 its value and what it must be. A new setting gets its check by being declared with its type; a key the
 schema does not know is refused too (a typo, or a `+key=` that nothing would read).
@@ -23,6 +23,8 @@ from typing import Annotated, Any, Literal, Union
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from s3l.errors import S3LError
+from s3l.models.resnet import ARCHITECTURES, STEMS
+from s3l.optim import LR_SCHEDULES
 
 
 @dataclass(frozen=True)
@@ -60,19 +62,31 @@ NonNegativeInt = Annotated[int, NON_NEGATIVE]
 PositiveFloat = Annotated[float, POSITIVE]
 NonNegativeFloat = Annotated[float, NON_NEGATIVE]
 UnitFloat = Annotated[float, UNIT]
+Architecture = Literal[ARCHITECTURES]  # type: ignore[valid-type]
+Stem = Literal[STEMS]  # type: ignore[valid-type]
+LRSchedule = Literal[LR_SCHEDULES]  # type: ignore[valid-type]
 
 _MISSING = object()
 
 
 def settings_of(schema: Any) -> dict[str, tuple[Any, Any]]:
-    """{name: (annotation, default or _MISSING)} of a schema dataclass or of a typed `__init__`."""
-    hints = typing.get_type_hints(schema if dataclasses.is_dataclass(schema) else schema.__init__,
-                                  include_extras=True)
+    """{name: (annotation, default or _MISSING)} of a schema dataclass, of a class's typed `__init__` (following
+    `**kwargs` to the parent classes' `__init__`, so a subclass lists what it passes on too) or of a function."""
     if dataclasses.is_dataclass(schema):
+        hints = typing.get_type_hints(schema, include_extras=True)
         return {f.name: (hints[f.name], _default_of(f)) for f in dataclasses.fields(schema)}
-    parameters = list(inspect.signature(schema.__init__).parameters.values())[1:]  # skip self
-    return {p.name: (hints.get(p.name, Any), _MISSING if p.default is p.empty else p.default)
-            for p in parameters if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    functions = [klass.__init__ for klass in schema.__mro__ if "__init__" in vars(klass)] if isinstance(
+        schema, type) else [schema]
+    settings: dict[str, tuple[Any, Any]] = {}
+    for function in functions:
+        hints = typing.get_type_hints(function, include_extras=True)
+        parameters = inspect.signature(function).parameters.values()
+        for p in parameters:
+            if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                settings.setdefault(p.name, (hints.get(p.name, Any), _MISSING if p.default is p.empty else p.default))
+        if not any(p.kind == p.VAR_KEYWORD for p in parameters):
+            break
+    return settings
 
 
 def _default_of(field: dataclasses.Field) -> Any:
@@ -83,22 +97,31 @@ def _default_of(field: dataclasses.Field) -> Any:
     return _MISSING
 
 
-def check(node: DictConfig, schema: Any, key: str, ignore: tuple[str, ...] = ()) -> None:
+def check(node: DictConfig, schema: Any, key: str, ignore: tuple[str, ...] = (),
+          supplied: tuple[str, ...] = (), what: str = "") -> None:
     """Raise S3LError (one line) for the first setting of `node` that `schema` does not accept.
 
+    `schema`: a dataclass, a class or function (its typed parameters), or a list of them (their union).
     `key` is the node's full key, used in the message ("stages.finetune"); `ignore` names keys of the node
-    that belong to someone else (e.g. Hydra's `_target_`).
+    that belong to someone else (e.g. Hydra's `_target_`); `supplied` names parameters that the caller
+    passes itself, so the node need not hold them; `what` names the node in messages (default: `key`).
     """
-    settings = settings_of(schema)
+    settings: dict[str, tuple[Any, Any]] = {}
+    for one in schema if isinstance(schema, list) else [schema]:
+        for name, setting in settings_of(one).items():
+            settings.setdefault(name, setting)
     for name in node:
         if name not in settings and name not in ignore:
-            raise S3LError(f"{_join(key, name)} is not a setting of {key or 'the config'}; valid: {', '.join(settings)}")
+            valid = [name for name in settings if name not in supplied]
+            raise S3LError(
+                f"{_join(key, name)} is not a setting of {what or key or 'the config'}; valid: {', '.join(valid)}"
+            )
     for name, (annotation, default) in settings.items():
         full = _join(key, name)
         if name in node.keys() and OmegaConf.is_missing(node, name):
             raise S3LError(f"{full} must be set (it is ???): pass {full}=<value>")
         if name not in node:
-            if default is _MISSING:
+            if default is _MISSING and name not in supplied:
                 raise S3LError(f"{full} is not set: add it to the config or pass {full}=<value>")
             continue
         check_value(node[name], annotation, full)
@@ -148,6 +171,11 @@ def _problem(value: Any, annotation: Any, key: str) -> str | None:
         if not isinstance(value, ListConfig | list):
             return f"{key}={_show(value)} must be a list"
         return next((p for i, item in enumerate(value) if (p := _problem(item, args[0], f"{key}[{i}]"))), None)
+    if origin is tuple:  # a fixed number of items, e.g. tuple[float, float] for a (low, high) range
+        if not isinstance(value, ListConfig | list | tuple) or len(value) != len(args):
+            return f"{key}={_show(value)} must be a list of {len(args)} items"
+        return next((p for i, (item, a) in enumerate(zip(value, args)) if (p := _problem(item, a, f"{key}[{i}]"))),
+                    None)
     if dataclasses.is_dataclass(annotation):
         if not isinstance(value, DictConfig):
             return f"{key}={_show(value)} must be a group of settings ({', '.join(settings_of(annotation))})"
@@ -181,7 +209,7 @@ def _expected(annotation: Any) -> str:
         return " or ".join(dict.fromkeys(_expected(a) for a in args))
     if origin is Literal:
         return "one of " + ", ".join(dict.fromkeys(str(a) for a in args))
-    if origin is list:
+    if origin in (list, tuple):
         return "a list"
     names = {int: "an integer", float: "a number", bool: "true or false", str: "a string", type(None): "null"}
     return names.get(annotation, getattr(annotation, "__name__", str(annotation)))

@@ -9,24 +9,26 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
+from hydra.utils import get_method
 from omegaconf import DictConfig
 
+from s3l.data.views import Augmentation
 from s3l.errors import S3LError
-from s3l.models.resnet import ARCHITECTURES, STEMS
-from s3l.optim import LR_SCHEDULES
+from s3l.methods.base import STAGE_SUPPLIED, method_class
 from s3l.schema import (
+    Architecture,
+    LRSchedule,
     NonNegativeFloat,
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
     Range,
+    Stem,
     UnitFloat,
     check,
 )
 from s3l.stages.classify import FC_INITS, FREEZE_MODES
 
-Architecture = Literal[ARCHITECTURES]  # type: ignore[valid-type]
-LRSchedule = Literal[LR_SCHEDULES]  # type: ignore[valid-type]
 # Lightning's precision names (Trainer(precision=...)).
 Precision = Literal["32-true", "32", 32, "16-mixed", "16", 16, "bf16-mixed", "bf16", "16-true", "bf16-true",
                     "64-true", "64", 64]
@@ -38,7 +40,7 @@ BatchLimit = PositiveInt | Annotated[float, Range(0, 1, low_inclusive=False)] | 
 class ArchitectureSettings:
     name: Architecture
     full_name: Architecture
-    stem: Literal[STEMS]  # type: ignore[valid-type]
+    stem: Stem
 
 
 @dataclass
@@ -60,14 +62,8 @@ class DatasetSettings:
 
 
 @dataclass
-class AugmentationSettings:
-    min_scale: Annotated[float, Range(0, 1, low_inclusive=False)]
-    blur_sigma: list[NonNegativeFloat]
-
-
-@dataclass
 class OptimizationSettings:
-    """The training recipe: a method's defaults, which every stage carries (and may override)."""
+    """The training recipe that every stage carries (a pretraining stage's defaults are its method's)."""
 
     epochs: PositiveInt
     batch_size: PositiveInt
@@ -78,15 +74,18 @@ class OptimizationSettings:
 
 
 @dataclass
-class MoCoV2Settings(OptimizationSettings):
+class WarmupSettings:
+    """A linear warm-up of the LR per step before the schedule (pretraining)."""
+
+    warmup_epochs: NonNegativeInt
+    warmup_start_lr: NonNegativeFloat
+
+
+@dataclass
+class RecipeSettings(OptimizationSettings, WarmupSettings):
+    """What a method's YAML holds besides its class's own settings: its name and its training recipe."""
+
     name: str
-    dim: PositiveInt
-    K: PositiveInt
-    m: UnitFloat
-    T: PositiveFloat
-    mlp: bool
-    bn_splits: PositiveInt
-    augmentation: AugmentationSettings
 
 
 @dataclass
@@ -94,6 +93,7 @@ class KNNSettings:
     every_n_epochs: NonNegativeInt
     k: PositiveInt
     temperature: PositiveFloat
+    at_start: bool
 
 
 @dataclass
@@ -108,7 +108,7 @@ class StageSettings(OptimizationSettings):
 
 
 @dataclass
-class PretrainSettings(StageSettings):
+class PretrainSettings(StageSettings, WarmupSettings):
     knn: KNNSettings | None
 
 
@@ -187,17 +187,36 @@ class RunSettings:
 
 
 GROUPS = {"architecture": ArchitectureSettings, "resolution": ResolutionSettings, "dataset": DatasetSettings,
-          "method": MoCoV2Settings, "trainer": TrainerSettings, "callbacks": CallbackSettings,
+          "augmentation": Augmentation, "trainer": TrainerSettings, "callbacks": CallbackSettings,
           "logger": LoggerSettings, "paths": PathSettings}
-# Top-level keys that are not settings of the run itself.
-STRUCTURE = ("chain", "stage", "stages", *GROUPS)
+# Top-level keys that are not settings of the run itself (method and optimizer: checked against their classes).
+STRUCTURE = ("chain", "stage", "stages", "method", "optimizer", *GROUPS)
+HYDRA_KEYS = ("_target_", "_partial_")
+
+
+def optimizer_function(optimizer: DictConfig):
+    """The function that `optimizer._target_` names (one S3LError line if it cannot be imported)."""
+    try:
+        return get_method(str(optimizer.get("_target_")))
+    except Exception as error:  # Hydra's locate raises ImportError, AttributeError, ValueError
+        raise S3LError(f"optimizer._target_={optimizer.get('_target_')} cannot be imported ({error}): use "
+                       "optimizer=sgd or optimizer=lars") from None
 
 
 def check_settings(cfg: DictConfig, stage_keys: list[tuple[str, DictConfig]]) -> None:
-    """Check the top level, every group and every stage of the chain against their schemas (one line each)."""
+    """Check the top level, every group and every stage of the chain against their schemas (one line each).
+
+    The method's YAML is checked against its class's typed arguments (and the recipe), the optimizer's against
+    its function's: a setting added to a method or an optimizer is checked by being declared there.
+    """
     check(cfg, RunSettings, "", ignore=STRUCTURE)
     for group, schema in GROUPS.items():
         check(cfg[group], schema, group)
+    cls = method_class(cfg.method)
+    check(cfg.method, [RecipeSettings, cls], "method", ignore=HYDRA_KEYS, supplied=STAGE_SUPPLIED,
+          what=f"method {cfg.method.name} ({cls.__module__}.{cls.__qualname__})")
+    check(cfg.optimizer, optimizer_function(cfg.optimizer), "optimizer", ignore=HYDRA_KEYS,
+          supplied=("groups", "lr", "momentum", "weight_decay"))
     for key, stage in stage_keys:
         kind = stage.get("kind")
         if kind not in STAGE_SETTINGS:

@@ -10,8 +10,9 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from s3l.config import StageSpec
+from s3l.config import StageSpec, stage_epochs
 from s3l.errors import S3LError
+from s3l.methods.base import method_class
 from s3l.models.resnet import full_architecture
 from s3l.settings import check_settings
 
@@ -45,7 +46,8 @@ def _validate_stage(cfg: DictConfig, spec: StageSpec) -> None:
             "original S3L/MoCo checkpoint (or init=null for random initialisation)"
         )
     if s.kind == "pretrain":
-        _validate_queue_and_splits(cfg, spec)
+        _validate_warmup(cfg, spec)
+        method_class(cfg.method).check_config(cfg.method, spec)
 
 
 def _validate_first_init(first: StageSpec) -> None:
@@ -77,17 +79,13 @@ def _validate_accelerator(trainer: DictConfig) -> None:
         )
 
 
-def _validate_queue_and_splits(cfg: DictConfig, spec: StageSpec) -> None:
-    K, batch, splits = cfg.method.K, spec.cfg.batch_size, cfg.method.bn_splits
-    if K % batch:
+def _validate_warmup(cfg: DictConfig, spec: StageSpec) -> None:
+    epochs = stage_epochs(cfg, spec)
+    if spec.cfg.warmup_epochs >= epochs:
+        capped = f" (trainer.max_epochs={cfg.trainer.max_epochs})" if epochs < spec.cfg.epochs else ""
         raise S3LError(
-            f"method.K={K} is not a multiple of the global batch {spec.key}.batch_size={batch} "
-            f"(the queue is overwritten one whole batch at a time); use e.g. method.K={max(batch, K // batch * batch)}"
-        )
-    if splits <= 0 or batch % splits:
-        raise S3LError(
-            f"{spec.key}.batch_size={batch} is not divisible by method.bn_splits={splits} "
-            "(split BatchNorm needs equal groups); change one of them"
+            f"{spec.key}.warmup_epochs={spec.cfg.warmup_epochs} leaves nothing of the {epochs} epochs this stage "
+            f"trains{capped}: lower it, e.g. method.warmup_epochs=0"
         )
 
 
@@ -114,7 +112,7 @@ def _validate_handover(previous: StageSpec, spec: StageSpec) -> None:
     )
 
 
-def validate_world(spec: StageSpec, bn_splits: int | None, world_size: int) -> None:
+def validate_world(spec: StageSpec, world_size: int) -> None:
     """Checks that need the number of processes (known once the Trainer exists)."""
     batch = spec.cfg.batch_size
     if batch % world_size:
@@ -122,27 +120,3 @@ def validate_world(spec: StageSpec, bn_splits: int | None, world_size: int) -> N
             f"{spec.key}.batch_size={batch} (global) is not divisible by the {world_size} devices; "
             f"use a multiple of {world_size}"
         )
-    if bn_splits is not None and bn_splits % world_size:
-        raise S3LError(
-            f"method.bn_splits={bn_splits} (BatchNorm groups per global batch) is not divisible by the "
-            f"{world_size} devices; use a multiple of {world_size} (e.g. method.bn_splits={world_size})"
-        )
-
-
-def validate_queue_size(spec: StageSpec, K: int, train_images: int, dataset: str) -> None:
-    """K must be smaller than the training images minus the global batch, or the queue holds stale copies
-    of the very images being contrasted."""
-    batch = spec.cfg.batch_size
-    room = train_images - batch
-    if K < room:
-        return
-    suggestion = (room - 1) // batch * batch
-    fix = (
-        f"method.K={suggestion}"
-        if suggestion >= batch
-        else f"{spec.key}.batch_size={max(1, batch // 4)} method.K={max(1, batch // 4)}"
-    )
-    raise S3LError(
-        f"method.K={K} is too large for dataset {dataset}: {train_images} training images minus the global "
-        f"batch {batch} leave room for {room} queued keys, and K must be smaller; set e.g. {fix}"
-    )

@@ -7,7 +7,7 @@ import torch
 
 from s3l.config import quote_numeric_group_overrides, stage_specs
 from s3l.errors import S3LError
-from s3l.methods.mocov2 import MoCoV2
+from s3l.methods.base import method_class
 from s3l.stages.build import build_module
 from s3l.stages.classify import Classifier
 from s3l.validate import validate_config
@@ -29,7 +29,24 @@ def test_every_experiment_composes_validates_and_instantiates(compose_cfg, exper
     with torch.device("meta"):  # structure only: no memory, no init time
         for spec in specs:
             module = build_module(cfg, spec, num_classes=200, world_size=1)
-            assert isinstance(module, MoCoV2 if spec.cfg.kind == "pretrain" else Classifier)
+            expected = method_class(cfg.method) if spec.cfg.kind == "pretrain" else Classifier
+            assert type(module) is expected
+
+
+@pytest.mark.parametrize(("experiment", "cls", "recipe"), [
+    ("cub_112_mocov2", "MoCoV2", (0.03, 128, 200, 0)),
+    ("cub_112_simclr", "SimCLR", (0.5, 512, 200, 10)),
+    ("cub_112_byol", "BYOL", (0.125, 128, 800, 0)),
+    ("cub_112_simsiam", "SimSiam", (0.025, 128, 200, 0)),
+])
+def test_each_methods_cub_experiment_carries_its_recipe_into_the_pretraining_stage(compose_cfg, experiment, cls,
+                                                                                    recipe):
+    cfg = compose_cfg(f"experiment={experiment}", "dataset.root=/data")
+    pretrain = cfg.stages.pretrain
+    assert method_class(cfg.method).__name__ == cls and pretrain.resolution == 112
+    assert (pretrain.lr, pretrain.batch_size, pretrain.epochs, pretrain.warmup_epochs) == recipe
+    assert cfg.augmentation.name == "mocov2" and cfg.optimizer._target_ == "s3l.optim.sgd"  # upstream, all
+    assert list(cfg.chain) == ["pretrain", "finetune"] and cfg.stages.finetune.resolution == 224
 
 
 def test_cub_experiments_carry_the_upstream_moco_recipe(compose_cfg):
@@ -38,7 +55,7 @@ def test_cub_experiments_carry_the_upstream_moco_recipe(compose_cfg):
     assert (cfg.method.K, cfg.method.m, cfg.method.T, cfg.method.dim, cfg.method.mlp) == (4096, 0.999, 0.2, 128, True)
     assert (pretrain.lr, pretrain.momentum, pretrain.weight_decay) == (0.03, 0.9, 1e-4)
     assert (pretrain.batch_size, pretrain.epochs, pretrain.lr_schedule) == (128, 200, "cosine_epoch")
-    assert pretrain.resolution == 112 and cfg.method.augmentation.min_scale == 0.2
+    assert pretrain.resolution == 112 and cfg.augmentation.view1.min_scale == cfg.augmentation.view2.min_scale == 0.2
     assert cfg.architecture.name == "resnet50" and cfg.method.bn_splits == 4
     assert (finetune.lr, finetune.batch_size, finetune.epochs, finetune.weight_decay) == (0.1, 64, 120, 5e-4)
     assert finetune.resolution == 224 and finetune.mixup_alpha == 1.0 and finetune.lr_schedule == "cosine_step"

@@ -57,3 +57,44 @@ def test_shuffle_round_trip_across_two_processes():
     mp.start_processes(
         _shuffle_round_trip_on_rank, args=(2, _free_port()), nprocs=2, join=True, start_method="fork"
     )
+
+
+def _global_nt_xent_on_rank(rank: int, world_size: int, port: int, z1_all, z2_all, results) -> None:
+    from s3l.methods.losses import nt_xent
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    try:
+        n = z1_all.shape[0] // world_size
+        z1 = z1_all[rank * n:(rank + 1) * n].clone().requires_grad_(True)
+        z2 = z2_all[rank * n:(rank + 1) * n].clone().requires_grad_(True)
+        loss = nt_xent(z1, z2, 0.2, negatives="global")
+        loss.backward()
+        results.put((rank, loss.item(), z1.grad.tolist(), z2.grad.tolist()))  # plain lists: no shared memory
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_global_nt_xent_on_two_processes_equals_one_process_on_the_whole_batch_gradients_included():
+    from s3l.methods.losses import nt_xent
+
+    torch.manual_seed(0)
+    z1_all, z2_all = torch.randn(6, 5), torch.randn(6, 5)
+    # spawn, not fork: a forked child runs no backward pass if its parent (pytest) ever ran one (autograd's
+    # threads do not survive a fork).
+    results = mp.get_context("spawn").SimpleQueue()
+    mp.start_processes(_global_nt_xent_on_rank, args=(2, _free_port(), z1_all, z2_all, results), nprocs=2,
+                       join=True, start_method="spawn")
+    per_rank = sorted(results.get() for _ in range(2))
+    single1, single2 = z1_all.clone().requires_grad_(True), z2_all.clone().requires_grad_(True)
+    single = nt_xent(single1, single2, 0.2)
+    single.backward()
+    # DDP averages gradients over processes: the mean of the per-process losses and of their gradients
+    assert sum(loss for _, loss, _, _ in per_rank) / 2 == pytest.approx(single.item(), rel=1e-5)
+    grad1 = torch.tensor([row for _, _, g1, _ in per_rank for row in g1]) / 2
+    grad2 = torch.tensor([row for _, _, _, g2 in per_rank for row in g2]) / 2
+    torch.testing.assert_close(grad1, single1.grad, atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(grad2, single2.grad, atol=1e-6, rtol=1e-4)
+    # local negatives (the upstream's per-GPU loss) differ: each process sees only its own 3 images
+    local = [nt_xent(z1_all[i:i + 3], z2_all[i:i + 3], 0.2, negatives="local").item() for i in (0, 3)]
+    assert sum(local) / 2 != pytest.approx(single.item(), rel=1e-3)

@@ -87,7 +87,8 @@ def test_rng_states_round_trip_through_a_weights_only_checkpoint(tmp_path):
 
 
 def test_unknown_group_option_is_one_line_listing_the_valid_ones():
-    assert check_group_options(["method=simclr"], CONFIGS) == "unknown method option 'simclr': choose one of mocov2"
+    assert check_group_options(["method=simclr2"], CONFIGS) == (
+        "unknown method option 'simclr2': choose one of byol, mocov2, simclr, simsiam")
     assert "choose one of 16, 32, 56, 112, 224" in check_group_options(["resolution=56,100"], CONFIGS)
     assert check_group_options(["resolution=56,112", "stage=finetune", "method.K=64"], CONFIGS) is None
 

@@ -68,15 +68,27 @@ class KNNMonitor(L.Callback):
     """
 
     def __init__(
-        self, train_loader: DataLoader, test_loader: DataLoader, every_n_epochs: int, k: int, temperature: float
+        self, train_loader: DataLoader, test_loader: DataLoader, every_n_epochs: int, k: int, temperature: float,
+        at_start: bool = False,
     ) -> None:
         self.train_loader = train_loader
         self.test_loader = test_loader
         self.every_n_epochs = every_n_epochs
         self.k = k
         self.temperature = temperature
+        self.at_start = at_start
         self.last_acc1: float | None = None
         self.history: list[tuple[int, float]] = []
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """With `at_start`, the kNN top-1 of the initial weights (`knn/acc1_init`), what pretraining improves."""
+        if not self.at_start or trainer.global_step > 0:  # a resumed stage measured it on its first attempt
+            return
+        acc1 = self.evaluate(trainer, pl_module)
+        self.history.append((0, acc1))
+        pl_module.log("knn/acc1_init", acc1)
+        if trainer.is_global_zero:
+            log.info("before training: kNN top-1 %.2f%% (k=%d, T=%g)", 100 * acc1, self.k, self.temperature)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         epoch = trainer.current_epoch + 1  # epochs completed

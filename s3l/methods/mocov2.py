@@ -11,68 +11,35 @@ from __future__ import annotations
 
 import copy
 
-import lightning as L
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig
 from torch import Tensor, nn
 
+from s3l.config import StageSpec
 from s3l.distributed import batch_shuffle, batch_unshuffle, concat_all_gather
-from s3l.models.batchnorm import convert_to_split_batchnorm
-from s3l.models.heads import build_projection_head
-from s3l.models.resnet import build_backbone
-from s3l.optim import build_lr_schedule, build_sgd
+from s3l.errors import S3LError
+from s3l.methods.base import SSLMethod
+from s3l.methods.losses import infonce_logits
+from s3l.methods.momentum import ema_update_
+from s3l.models.heads import mlp_head
+from s3l.schema import PositiveFloat, PositiveInt, UnitFloat
+
+__all__ = ["MoCoV2", "infonce_logits"]
 
 
-class Encoder(nn.Module):
-    """A backbone followed by the projection head (upstream: a ResNet whose fc is the MLP head)."""
-
-    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.head = head
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.backbone(x))
-
-
-def infonce_logits(q: Tensor, k: Tensor, queue: Tensor, temperature: float) -> Tensor:
-    """Logits of the (K+1)-way instance discrimination: column 0 is the positive key, then the queue.
-
-    Computed in float32 whatever the autocast precision, so reduced precision cannot blur the
-    similarities that the temperature sharpens.
-    """
-    with torch.autocast(device_type=q.device.type, enabled=False):  # autocast would recast the matmul
-        q, k = q.float(), k.float()
-        l_pos = torch.einsum("nc,nc->n", q, k).unsqueeze(-1)
-        l_neg = q @ queue.float()
-        return torch.cat([l_pos, l_neg], dim=1) / temperature
-
-
-class MoCoV2(L.LightningModule):
+class MoCoV2(SSLMethod):
     """MoCo v2 pretraining module: query/key encoders, momentum update, queue, InfoNCE loss."""
 
-    def __init__(
-        self,
-        architecture: str,
-        stem: str,
-        dim: int,
-        K: int,
-        m: float,
-        T: float,
-        mlp: bool,
-        bn_splits: int,
-        lr: float,
-        momentum: float,
-        weight_decay: float,
-        lr_schedule: str,
-        milestones: list[int] | None = None,
-    ) -> None:
-        super().__init__()
-        self.save_hyperparameters()
-        backbone = build_backbone(architecture, stem)
-        encoder = Encoder(backbone, build_projection_head(backbone.feature_dim, dim, mlp))
-        # bn_splits here is per device (the run divides the global count by the number of devices).
-        self.encoder_q = convert_to_split_batchnorm(encoder, bn_splits)
+    forward_cost = 4.0  # query view: forward + backward (3), key view: forward (1)
+
+    def __init__(self, *, dim: PositiveInt, K: PositiveInt, m: UnitFloat, T: PositiveFloat, mlp: bool,
+                 **settings) -> None:
+        """`dim`: embedding size; `K`: queue length; `m`: key-encoder momentum; `T`: temperature; `mlp`: the
+        MoCo v2 head d -> d -> dim (else MoCo v1's linear head). `settings`: see SSLMethod."""
+        super().__init__(**settings)
+        self.encoder_q = self.make_encoder(lambda d: mlp_head(d, None, dim, layers=2 if mlp else 1,
+                                                              batch_norm=False))
         self.encoder_k = copy.deepcopy(self.encoder_q)
         for param in self.encoder_k.parameters():
             param.requires_grad = False
@@ -85,13 +52,13 @@ class MoCoV2(L.LightningModule):
         """The query backbone: what the next stage receives."""
         return self.encoder_q.backbone
 
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        return [(self.encoder_q, self.encoder_k)]
+
     @torch.no_grad()
     def momentum_update_key_encoder(self) -> None:
         """theta_k <- m * theta_k + (1 - m) * theta_q, parameters only (BN buffers follow their own forward)."""
-        params_k = [p.data for p in self.encoder_k.parameters()]
-        params_q = [p.data for p in self.encoder_q.parameters()]
-        torch._foreach_mul_(params_k, self.hparams.m)
-        torch._foreach_add_(params_k, params_q, alpha=1.0 - self.hparams.m)
+        ema_update_(self.encoder_k, self.encoder_q, self.hparams.m)
 
     @torch.no_grad()
     def dequeue_and_enqueue(self, keys: Tensor) -> None:
@@ -122,16 +89,33 @@ class MoCoV2(L.LightningModule):
         loss = F.cross_entropy(logits, labels)
         self.dequeue_and_enqueue(k)
         acc1 = (logits.argmax(dim=1) == 0).float().mean()
-        self.log("train/loss", loss, prog_bar=True, sync_dist=True)
-        self.log("train/instance_acc1", acc1, sync_dist=True)
+        self.log_training(loss, instance_acc1=acc1)
         return loss
 
-    def configure_optimizers(self):
-        optimizer = build_sgd(
-            self.encoder_q.parameters(), self.hparams.lr, self.hparams.momentum, self.hparams.weight_decay
+    @classmethod
+    def check_config(cls, method: DictConfig, spec: StageSpec) -> None:
+        super().check_config(method, spec)
+        K, batch = method.K, spec.cfg.batch_size
+        if K % batch:
+            raise S3LError(
+                f"method.K={K} is not a multiple of the global batch {spec.key}.batch_size={batch} "
+                f"(the queue is overwritten one whole batch at a time); use e.g. method.K={max(batch, K // batch * batch)}"
+            )
+
+    @classmethod
+    def check_run(cls, method: DictConfig, spec: StageSpec, dataset: str, train_images: int,
+                  world_size: int) -> None:
+        """K must be smaller than the training images minus the global batch, or the queue holds stale copies
+        of the very images being contrasted."""
+        super().check_run(method, spec, dataset, train_images, world_size)
+        K, batch = method.K, spec.cfg.batch_size
+        room = train_images - batch
+        if K < room:
+            return
+        suggestion = (room - 1) // batch * batch
+        fix = (f"method.K={suggestion}" if suggestion >= batch
+               else f"{spec.key}.batch_size={max(1, batch // 4)} method.K={max(1, batch // 4)}")
+        raise S3LError(
+            f"method.K={K} is too large for dataset {dataset}: {train_images} training images minus the global "
+            f"batch {batch} leave room for {room} queued keys, and K must be smaller; set e.g. {fix}"
         )
-        steps = max(1, self.trainer.estimated_stepping_batches // max(1, self.trainer.max_epochs))
-        schedule = build_lr_schedule(
-            optimizer, self.hparams.lr_schedule, self.trainer.max_epochs, steps, self.hparams.milestones
-        )
-        return {"optimizer": optimizer, "lr_scheduler": schedule}

@@ -21,7 +21,7 @@ from s3l.callbacks.checkpointing import (
 from s3l.callbacks.cost import CostMeter
 from s3l.callbacks.knn import KNNMonitor
 from s3l.checkpoints import load_backbone, read_backbone_state
-from s3l.config import StageSpec
+from s3l.config import StageSpec, stage_epochs
 from s3l.data.cache import CachedImages, build_resized_cache, cache_short_side
 from s3l.data.datamodule import (
     ClassifyDataModule,
@@ -32,9 +32,9 @@ from s3l.data.datamodule import (
 )
 from s3l.data.datasets import build_dataset
 from s3l.data.transforms import eval_transform
-from s3l.errors import S3LError
+from s3l.data.views import smallest_min_scale, view_specs
 from s3l.loggers import build_loggers
-from s3l.methods.mocov2 import MoCoV2
+from s3l.methods.base import SSLMethod, build_method, method_class
 from s3l.models.resnet import backbone_flops, build_backbone
 from s3l.resume import ResumePoint, last_checkpoint
 from s3l.stages.classify import Classifier
@@ -55,11 +55,11 @@ def build_datasets(cfg: DictConfig) -> tuple:
 def build_datamodule(cfg: DictConfig, spec: StageSpec, train, test) -> StageDataModule:
     s = spec.cfg
     if s.kind == "pretrain":
-        aug, fast = cfg.method.augmentation, bool(cfg.dataset.get("cache"))
+        views, fast = view_specs(cfg.augmentation), bool(cfg.dataset.cache)
         if fast:
-            side = cache_short_side(s.resolution, aug.min_scale)
+            side = cache_short_side(s.resolution, smallest_min_scale(views))
             train = CachedImages(build_resized_cache(train, side, Path(cfg.dataset.cache_dir)))
-        transform, collate = pretrain_transform(s.resolution, aug, fast, cfg.dataset.get("augment_on", "workers"))
+        transform, collate = pretrain_transform(s.resolution, views, fast, cfg.dataset.augment_on)
         return StageDataModule(
             train, transform, s.batch_size, cfg.dataset.num_workers,
             drop_last=True,  # upstream: drop_last=True (the queue needs whole batches)
@@ -72,19 +72,15 @@ def build_datamodule(cfg: DictConfig, spec: StageSpec, train, test) -> StageData
 
 
 def build_module(cfg: DictConfig, spec: StageSpec, num_classes: int, world_size: int) -> L.LightningModule:
+    """The stage's LightningModule: the configured SSL method for pretraining, else the Classifier."""
     s, stem = spec.cfg, cfg.architecture.stem
     if s.kind == "pretrain":
-        m = cfg.method
-        return MoCoV2(
-            architecture=s.architecture, stem=stem, dim=m.dim, K=m.K, m=m.m, T=m.T, mlp=m.mlp,
-            bn_splits=m.bn_splits // world_size, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay,
-            lr_schedule=s.lr_schedule, milestones=_list(s.milestones),
-        )
+        return build_method(cfg.method, s, stem, cfg.optimizer, world_size)
     return Classifier(
         architecture=s.architecture, stem=stem, num_classes=num_classes, freeze=s.freeze, fc_init=s.fc_init,
         bn_frozen=s.bn_frozen, mixup_alpha=s.mixup_alpha, lr=s.lr, momentum=s.momentum,
         weight_decay=s.weight_decay, lr_schedule=s.lr_schedule, milestones=_list(s.milestones),
-        epochs=s.epochs, mean_per_class=s.mean_per_class,
+        mean_per_class=s.mean_per_class,
     )
 
 
@@ -107,33 +103,16 @@ def initialise(module: L.LightningModule, spec: StageSpec, source: Path | None) 
     """Load the init weights into the module; returns a one-line description for the logs and results."""
     if source is None:
         return "random"
-    if isinstance(module, MoCoV2) and source.is_dir() and (source / METHOD_STATE).is_file():
-        return _load_method_state(module, source / METHOD_STATE)
+    if isinstance(module, SSLMethod) and source.is_dir() and (source / METHOD_STATE).is_file():
+        return module.load_method_state(source / METHOD_STATE)
     file = source / "backbone.pt" if source.is_dir() else source
     state, meta = read_backbone_state(file)
     # The conv5 warm-up grows a network without conv5 into the full one: a missing layer4 starts fresh.
     allow = ("layer4.",) if spec.cfg.kind == "warmup" else ()
     load_backbone(module.backbone, state, source=str(file), meta=meta, allow_missing_prefixes=allow)
-    if isinstance(module, MoCoV2):
-        module.encoder_k.load_state_dict(module.encoder_q.state_dict())
+    if isinstance(module, SSLMethod):
+        module.sync_targets()
     return f"backbone from {file}"
-
-
-def _load_method_state(module: MoCoV2, file: Path) -> str:
-    """Multi-stage pretraining: inherit query and key encoders, heads and queue (upstream strict load)."""
-    state = torch.load(file, map_location="cpu", weights_only=True)
-    expected = module.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-                  if k in state and state[k].shape != v.shape]
-    if missing or unexpected or mismatched:
-        raise S3LError(
-            f"{file} does not fit this MoCo configuration: missing {missing[:3]}, unexpected {unexpected[:3]}, "
-            f"shape mismatches {mismatched[:3]}; architecture, method.dim and method.K must match the previous stage"
-        )
-    module.load_state_dict(state)
-    return f"full MoCo state (encoders, queue) from {file}"
 
 
 def build_knn_monitor(cfg: DictConfig, spec: StageSpec, train, test) -> KNNMonitor | None:
@@ -147,7 +126,8 @@ def build_knn_monitor(cfg: DictConfig, spec: StageSpec, train, test) -> KNNMonit
                    num_workers=cfg.dataset.num_workers)
         for split in (train, test)
     ]
-    return KNNMonitor(*loaders, every_n_epochs=knn.every_n_epochs, k=knn.k, temperature=knn.temperature)
+    return KNNMonitor(*loaders, every_n_epochs=knn.every_n_epochs, k=knn.k, temperature=knn.temperature,
+                      at_start=knn.at_start)
 
 
 def apply_layout(module: L.LightningModule, trainer_cfg: DictConfig) -> None:
@@ -187,14 +167,10 @@ def build_trainer(
     )
 
 
-def stage_epochs(cfg: DictConfig, spec: StageSpec) -> int:
-    """The stage's epochs, capped by trainer.max_epochs when that is set (smoke tests)."""
-    cap = cfg.trainer.max_epochs
-    return spec.cfg.epochs if cap is None else min(cap, spec.cfg.epochs)
-
-
-def build_cost_meter(spec: StageSpec, stem: str) -> CostMeter:
-    """Training FLOPs per input image: query fwd+bwd (3F) + key fwd (F) for MoCo, 3F supervised, F linear."""
-    forward = backbone_flops(build_backbone(spec.cfg.architecture, stem), spec.cfg.resolution)
-    factor = {"pretrain": 4.0, "finetune": 3.0, "warmup": 3.0, "linear": 1.0}[spec.cfg.kind]
+def build_cost_meter(cfg: DictConfig, spec: StageSpec) -> CostMeter:
+    """Training FLOPs per input image in backbone forward passes: the method's `forward_cost` for pretraining
+    (e.g. MoCo: query forward + backward 3, key forward 1), 3 supervised (forward + backward), 1 linear."""
+    forward = backbone_flops(build_backbone(spec.cfg.architecture, cfg.architecture.stem), spec.cfg.resolution)
+    kind = spec.cfg.kind
+    factor = method_class(cfg.method).forward_cost if kind == "pretrain" else {"linear": 1.0}.get(kind, 3.0)
     return CostMeter(train_flops_per_image=factor * forward, forward_gflops_per_image=forward / 1e9)

@@ -21,7 +21,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from s3l.errors import S3LError
 from s3l.models.resnet import build_backbone
-from s3l.optim import build_lr_schedule, build_sgd
+from s3l.optim import build_lr_schedule, build_sgd, schedule_length
 
 FREEZE_MODES = ("none", "conv1-4", "backbone")
 FC_INITS = ("default", "normal")
@@ -73,7 +73,6 @@ class Classifier(L.LightningModule):
         weight_decay: float,
         lr_schedule: str,
         milestones: list[int] | None,
-        epochs: int,
         mean_per_class: bool,
     ) -> None:
         super().__init__()
@@ -174,8 +173,8 @@ class Classifier(L.LightningModule):
     def configure_optimizers(self) -> dict:
         hp = self.hparams
         optimizer = build_sgd(self.parameters(), hp.lr, hp.momentum, hp.weight_decay)
-        steps_per_epoch = max(1, int(self.trainer.estimated_stepping_batches) // hp.epochs)
-        schedule = build_lr_schedule(optimizer, hp.lr_schedule, hp.epochs, steps_per_epoch, hp.milestones)
+        epochs, steps_per_epoch = schedule_length(self.trainer)
+        schedule = build_lr_schedule(optimizer, hp.lr_schedule, epochs, steps_per_epoch, hp.milestones)
         return {"optimizer": optimizer, "lr_scheduler": schedule}
 
     def frozen_tensors(self) -> dict[str, Tensor]:

@@ -74,7 +74,7 @@ def test_multistage_pretraining_inherits_the_full_moco_state(train):
     results = run.results()
     assert [s["resolution"] for s in results["stages"]] == [16, 32, 32]
     second = results["stages"][1]
-    assert second["init"].startswith("full MoCo state (encoders, queue) from") and "0_pretrain" in second["init"]
+    assert second["init"].startswith("full MoCoV2 state from") and "0_pretrain" in second["init"]
     run_dir = run.run_dir()
     first_state = torch.load(run_dir / "0_pretrain" / "method_state.pt", weights_only=True)
     second_state = torch.load(run_dir / "1_pretrain_224" / "method_state.pt", weights_only=True)

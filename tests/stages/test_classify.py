@@ -24,7 +24,6 @@ def _classifier(stage: str, **overrides) -> Classifier:
         "weight_decay": 5e-4,
         "lr_schedule": "constant",
         "milestones": None,
-        "epochs": 1,
         "mean_per_class": False,
         **STAGES[stage],
         **overrides,
@@ -159,7 +158,7 @@ def test_best_and_last_accuracy_follow_the_epochs_and_survive_a_checkpoint():
 
 
 def test_validation_logs_test_accuracies_of_the_final_model():
-    model = _classifier("finetune", mean_per_class=True, epochs=2)
+    model = _classifier("finetune", mean_per_class=True)
     val = _loader(n=12, seed=1)
     trainer = _trainer(max_steps=-1, max_epochs=2, num_sanity_val_steps=1)
     L.seed_everything(0)
