@@ -17,7 +17,7 @@ from pathlib import Path
 from s3l.errors import S3LError
 
 COLUMNS = (
-    "name", "method", "architecture", "pretrain_resolution", "dataset", "top1_last", "top1_best",
+    "name", "method", "architecture", "pretrain_resolution", "dataset", "pretrain_knn_top1", "top1_last", "top1_best",
     "pretrain_device_hours", "pretrain_pflops", "pretrain_images_per_s", "pretrain_wall_clock_s",
     "total_wall_clock_s", "run_dir",
 )
@@ -46,6 +46,8 @@ def summary_row(results: dict, run_dir: Path) -> dict:
         "architecture": results["architecture"],
         "pretrain_resolution": results["pretrain_resolution"],
         "dataset": results["dataset"],
+        "pretrain_knn_top1": next((s["metrics"].get("knn_top1") for s in reversed(results["stages"])
+                                   if s["kind"] == "pretrain"), None),
         "top1_last": final.get("top1_last"),
         "top1_best": final.get("top1_best"),
         "pretrain_device_hours": sum(c["device_hours"] for c in pretrain),
@@ -66,7 +68,7 @@ def summarize(root: Path, out: Path) -> list[dict]:
     if not found:
         raise S3LError(f"no chain results.json under {root}; pass a directory holding finished runs")
     rows = [summary_row(results, path.parent) for path, results in found]
-    rows.sort(key=lambda r: (r["name"], r["architecture"], r["pretrain_resolution"], r["run_dir"]))
+    rows.sort(key=lambda r: (r["name"], r["method"], r["architecture"], r["pretrain_resolution"], r["run_dir"]))
     out.mkdir(parents=True, exist_ok=True)
     write_csv(rows, out / "summary.csv")
     (out / "summary.md").write_text(markdown_table(rows, root))
@@ -92,13 +94,14 @@ def _num(value: float | None, spec: str) -> str:
 
 def markdown_table(rows: list[dict], root: Path) -> str:
     """The summary as a Markdown table with a one-line legend."""
-    header = ("run", "method", "arch", "pretrain px", "dataset", "top-1 last (%)", "top-1 best (%)",
+    header = ("run", "method", "arch", "pretrain px", "dataset", "kNN after pretraining (%)", "top-1 last (%)",
+              "top-1 best (%)",
               "pretrain device-h", "pretrain PFLOPs", "pretrain img/s", "pretrain wall s", "total wall s", "run dir")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         cells = (
             r["name"], r["method"], r["architecture"], str(r["pretrain_resolution"]), r["dataset"],
-            _pct(r["top1_last"]), _pct(r["top1_best"]), _num(r["pretrain_device_hours"], ".3g"),
+            _pct(r["pretrain_knn_top1"]), _pct(r["top1_last"]), _pct(r["top1_best"]), _num(r["pretrain_device_hours"], ".3g"),
             _num(r["pretrain_pflops"], ".3g"), _num(r["pretrain_images_per_s"], ".0f"),
             _num(r["pretrain_wall_clock_s"], ".0f"), _num(r["total_wall_clock_s"], ".0f"),
             _relative(r["run_dir"], root),
@@ -128,7 +131,7 @@ def plot_accuracy_vs_cost(rows: list[dict], path: Path) -> None:
                 continue
             x, y = r[key], 100 * r["top1_last"]
             ax.scatter(x, y, color="tab:blue")
-            ax.annotate(f"{r['architecture']} @ {r['pretrain_resolution']} px", (x, y),
+            ax.annotate(f"{r['method']} {r['architecture']} @ {r['pretrain_resolution']} px", (x, y),
                         textcoords="offset points", xytext=(4, 4), fontsize=8)
         ax.margins(x=0.3, y=0.15)  # room for the labels right of the points
         ax.set_xlim(left=0)  # cost from zero, so the ratio between runs reads off the axis

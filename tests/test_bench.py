@@ -39,7 +39,7 @@ def test_bench_measures_every_section_and_writes_json_and_markdown(tmp_path):
     out = tmp_path / "bench"
     cmd = [sys.executable, "-m", "s3l.bench", "--archs", "resnet10", "--resolutions", "32", "--steps", "2",
            "--warmup", "1", "--windows", "2", "--batch", "8", "--workers", "0", "--root", str(root),
-           "--out", str(out), "--no-isolate"]
+           "--out", str(out), "--no-isolate", "--methods", "mocov2,byol"]
     # One intra-op thread: on a small, busy machine OpenMP threads waiting for each other slow tiny ops 10x.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
@@ -50,8 +50,10 @@ def test_bench_measures_every_section_and_writes_json_and_markdown(tmp_path):
     (cache,) = results["cache"]
     assert cache["short_side"] == 72 and cache["megabytes"] > 0  # 32 / sqrt(0.2) = 71.6, rounded up
     assert [r["pipeline"] for r in results["data"]] == ["original", "cache", "fast", "device"]
-    assert [(r["runner"], r["data"]) for r in results["train"]] == [
-        ("plain", "original"), ("lightning", "original"), ("lightning", "fast"), ("lightning", "device")]
+    assert [(r["method"], r["runner"], r["data"]) for r in results["train"]] == [
+        ("mocov2", "plain", "original"), ("mocov2", "lightning", "original"), ("mocov2", "lightning", "fast"),
+        ("mocov2", "lightning", "device"),  # the plain loop is upstream's MoCo step: the other methods have none
+        ("byol", "lightning", "original"), ("byol", "lightning", "fast"), ("byol", "lightning", "device")]
     for row in results["data"] + results["train"]:
         assert len(row["window_images_per_s"]) == 2 and row["images_per_s"] > 0
     assert all(row["peak_memory_mb"] > 100 for row in results["train"])  # torch alone is a few hundred MB
@@ -71,6 +73,7 @@ def test_bench_measures_every_section_and_writes_json_and_markdown(tmp_path):
     for heading in ("Data loading alone", "Where the time goes", "Pretraining throughput", "One epoch of the train split"):
         assert heading in markdown and heading in proc.stdout
     assert "| resnet10 | 32 |" in markdown and "| project + device | / plain |" in markdown
+    assert "Pretraining throughput per method" in markdown and "| byol | resnet10 | 32 |" in markdown
 
 
 def test_bench_rejects_an_unknown_pipeline_in_one_line():
@@ -120,7 +123,8 @@ def test_repeated_training_runs_alternate_their_order_and_pool_their_windows(mon
         return {"times": [0.0, 8 / rate, 16 / rate], "peak_memory_mb": float(len(order))}
 
     monkeypatch.setattr(training, "isolated", fake_run)
-    args = argparse.Namespace(archs=["resnet10"], resolutions=[32], pipelines=["original", "cache", "fast"],
+    args = argparse.Namespace(methods=["mocov2"], archs=["resnet10"], resolutions=[32],
+                              pipelines=["original", "cache", "fast"],
                               repeats=3, steps=2, batch=4, warmup=1, windows=2)
     rows = training.bench_train(args, {}, tmp_path)
     abc = [("plain", "original"), ("lightning", "original"), ("lightning", "fast")]

@@ -191,3 +191,14 @@ def test_ddp_multirun_writes_each_job_once_in_the_sweep_directory(train):
         assert (job / "train_ddp_process_1.log").is_file()  # rank 1 ran this job in this directory
     assert run.stdout.count("top-1 last") == 2  # one table per job, from rank 0 only
 
+
+
+@pytest.mark.slow
+def test_ddp_simclr_pretraining_gathers_the_global_batch_on_both_processes(train):
+    """SimCLR's global negatives under a real 2-process DDP run (the loss's gradient all-gather)."""
+    run = train([*DDP_TINY, "method=simclr", "stage=pretrain", "method.warmup_epochs=0", "stage.knn.every_n_epochs=0"],
+                timeout=TIMEOUT_S)
+    assert run.returncode == 0, run.output[-3000:]
+    (pretrain,) = run.results()["stages"]
+    assert pretrain["cost"]["train_images"] == PER_STAGE_STEPS * GLOBAL_BATCH
+    assert pretrain["metrics"]["train/loss"] > 0 and "GLOBAL_RANK: 1" in run.output

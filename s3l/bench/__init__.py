@@ -12,8 +12,10 @@ Sections (`--sections`):
 - train: MoCo v2 pretraining images/s of the project's MoCoV2 under the project's Trainer (built by
   `s3l.stages.build`), against a plain loop (upstream `main_moco_pretraining.py` style: SGD,
   `loss.backward()`, `optimizer.step()`, no Lightning) over the same model, optimizer, batch and DataLoader
-  (original pipeline); the project also runs with each other pipeline but `cache`. Each run is a fresh
-  process (unless --no-isolate), so peak memory (RSS on CPU, CUDA max allocated on GPU) is its own.
+  (original pipeline); the project also runs with each other pipeline but `cache`. With `--methods`, each
+  other method (simclr, byol, simsiam) runs through the project on the same pipelines, in a table of its
+  own with its ratio to MoCo v2. Each run is a fresh process (unless --no-isolate), so peak memory (RSS on
+  CPU, CUDA max allocated on GPU) is its own.
 - epoch: one epoch of the train split end to end: plain loop + original pipeline against project + fast.
 
 An image is one dataset image delivered as two augmented views (query and key). Rates are the median over

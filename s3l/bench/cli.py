@@ -45,6 +45,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=8, help="batches per timed window")
     parser.add_argument("--warmup", type=int, default=5, help="batches before the first window")
     parser.add_argument("--windows", type=int, default=3, help="timed windows (the median is reported)")
+    parser.add_argument("--methods", default="mocov2",
+                        help="comma-separated SSL methods for the train section (the plain loop is MoCo v2's)")
     parser.add_argument("--augmentation", default="mocov2",
                         help="the views, an option of the augmentation config group (configs/augmentation/)")
     parser.add_argument("--root", default="../shared/datasets/cub_200_2011_10cls/CUB_200_2011",
@@ -68,6 +70,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "this one, faster to start, but then CPU peak memory is the largest so far")
     args = parser.parse_args(argv)
     args.archs = args.archs.split(",")
+    args.methods = args.methods.split(",")
     args.resolutions = [int(r) for r in args.resolutions.split(",")]
     args.sections = args.sections.split(",")
     chosen = args.pipelines.split(",")
@@ -77,6 +80,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if unknown:
             parser.error(f"unknown {what}(s) {', '.join(sorted(unknown))}: choose from {', '.join(valid)}")
     problem = check_group_options([f"architecture={arch}" for arch in args.archs]
+                                  + [f"method={method}" for method in args.methods]
                                   + [f"augmentation={args.augmentation}"], CONFIGS)
     if problem:
         parser.error(problem)

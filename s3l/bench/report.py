@@ -29,7 +29,10 @@ def markdown(results: dict) -> str:
     if "profile" in results:
         lines += profile_table(results["profile"], s["resolutions"], s["pipelines"])
     if "train" in results:
-        lines += train_table(results["train"], s["archs"], s["resolutions"], train_runs(s["pipelines"]))
+        moco = [r for r in results["train"] if r.get("method", "mocov2") == "mocov2"]
+        if moco:
+            lines += train_table(moco, s["archs"], s["resolutions"], train_runs(s["pipelines"]))
+        lines += methods_table(results["train"], s["pipelines"])
     if "epoch" in results:
         lines += epoch_table(results["epoch"], s["resolutions"])
     return "\n".join(lines) + "\n"
@@ -85,6 +88,28 @@ def train_table(rows: list[dict], archs: list[str], resolutions: list[int], runs
                 cells += [f"{rate:.1f}", f"{rate / plain['images_per_s']:.3f}"]
             cells += [f"{plain['peak_memory_mb']:.0f}", f"{run[('lightning', 'original')]['peak_memory_mb']:.0f}"]
             lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def methods_table(rows: list[dict], pipelines: list[str]) -> list[str]:
+    """The project's images/s per method (when more than MoCo v2 ran), and each over MoCo v2's."""
+    methods = list(dict.fromkeys(r.get("method", "mocov2") for r in rows))
+    if methods == ["mocov2"]:
+        return []
+    project = [name for runner, name in train_runs(pipelines) if runner == "lightning"]
+    header = ["method", "arch", "resolution"] + [f"project + {data}" for data in project]
+    if "mocov2" in methods:
+        header += [f"/ mocov2 ({data})" for data in project]
+    lines = ["", "## Pretraining throughput per method (images/s, the project)", "",
+             "| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
+    rate = {(r.get("method", "mocov2"), r["arch"], r["resolution"], r["data"]): r["images_per_s"] for r in rows
+            if r["runner"] == "lightning"}
+    for method, arch, resolution in dict.fromkeys((m, a, res) for m, a, res, _ in rate):
+        cells = [method, arch, str(resolution)] + [f"{rate[method, arch, resolution, d]:.1f}" for d in project]
+        if "mocov2" in methods:
+            cells += [f"{rate[method, arch, resolution, d] / rate['mocov2', arch, resolution, d]:.2f}"
+                      for d in project]
+        lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 

@@ -1,4 +1,4 @@
-"""The benchmark's training runs: the project (MoCoV2 under its Trainer) and a plain PyTorch loop."""
+"""The benchmark's training runs: the project (a method under its Trainer) and a plain PyTorch loop (MoCo v2)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,9 @@ from s3l.callbacks.cost import peak_memory_mb
 from s3l.config import StageSpec, register_resolvers, stage_specs
 from s3l.data.device_augment import realize_views
 from s3l.data.views import view_specs
-from s3l.methods.mocov2 import MoCoV2, infonce_logits
+from s3l.methods.base import SSLMethod
+from s3l.methods.losses import infonce_logits
+from s3l.methods.mocov2 import MoCoV2
 from s3l.optim import build_sgd
 from s3l.stages.build import build_cost_meter, build_module, build_trainer
 from s3l.validate import validate_config
@@ -43,13 +45,13 @@ CUB_TRAIN_IMAGES = 5994  # the full CUB-200-2011 train split, for extrapolated e
 
 
 def pretrain_config(arch: str, resolution: int, args: argparse.Namespace, run_dir: Path,
-                    limit_batches: int | None) -> tuple[DictConfig, StageSpec]:
-    """The project's config of a MoCo v2 pretraining stage on CUB with the views of `--augmentation`, as
-    `train.py` would compose it."""
+                    limit_batches: int | None, method: str = "mocov2") -> tuple[DictConfig, StageSpec]:
+    """The project's config of a pretraining stage of `method` on CUB with the views of `--augmentation`, as
+    `train.py` would compose it (the method's recipe, the bench's batch; no warm-up: the bench times steps)."""
     register_resolvers()
     overrides = [
         "experiment=s3l", "chain=pretrain_finetune", "dataset=cub200", f"dataset.root={args.root}",
-        f"augmentation={args.augmentation}",
+        f"method={method}", "method.warmup_epochs=0", f"augmentation={args.augmentation}",
         f"architecture={arch}", f"stages.pretrain.resolution={resolution}", f"method.batch_size={args.batch}",
         f"dataset.num_workers={args.workers}", f"trainer.precision={args.precision}", "trainer.max_epochs=1",
         f"trainer.limit_train_batches={'null' if limit_batches is None else limit_batches}",
@@ -100,21 +102,21 @@ class LoaderDataModule(L.LightningDataModule):
         return realize_views(batch)
 
 
-def prepare_model(module: MoCoV2, args: argparse.Namespace) -> MoCoV2:
+def prepare_model(module: SSLMethod, args: argparse.Namespace) -> SSLMethod:
     """The options both loops share: channels_last weights, compiled encoders."""
     if args.channels_last:
         module = module.to(memory_format=torch.channels_last)
     if args.compile:
-        module.encoder_q.compile()
-        module.encoder_k.compile()
+        for encoder in (child for child in module.children() if hasattr(child, "backbone")):
+            encoder.compile()
     return module
 
 
 def lightning_run(job: dict) -> dict:
-    """The project: MoCoV2 and Trainer from `s3l.stages.build`, fed by the given pipeline."""
+    """The project: the method and Trainer from `s3l.stages.build`, fed by the given pipeline."""
     args, run_dir = job["args"], Path(job["run_dir"])
     marks = window_marks(args) if job["batches"] else []
-    cfg, spec = pretrain_config(job["arch"], job["resolution"], args, run_dir, job["batches"])
+    cfg, spec = pretrain_config(job["arch"], job["resolution"], args, run_dir, job["batches"], job["method"])
     module = prepare_model(build_module(cfg, spec, len(job["datasets"]["original"].classes), world_size=1), args)
     timer = WindowTimer(marks)
     trainer = build_trainer(cfg, spec, run_dir, [build_cost_meter(cfg, spec), timer], None)
@@ -155,7 +157,7 @@ def plain_run(job: dict) -> dict:
     """The plain loop: same model, optimizer settings, batch and DataLoader; no Lightning."""
     args, run_dir = job["args"], Path(job["run_dir"])
     marks = set(window_marks(args)) if job["batches"] else set()
-    cfg, spec = pretrain_config(job["arch"], job["resolution"], args, run_dir, job["batches"])
+    cfg, spec = pretrain_config(job["arch"], job["resolution"], args, run_dir, job["batches"], job["method"])
     device = bench_device()
     module = build_module(cfg, spec, len(job["datasets"]["original"].classes), world_size=1).to(device).train()
     module = prepare_model(module, args)
@@ -206,10 +208,11 @@ def isolated(job: dict) -> dict:
         return pool.submit(run_job, job).result()
 
 
-def train_runs(pipelines: list[str]) -> list[tuple[str, str]]:
-    """(runner, pipeline) of the train section: the plain loop on the original pipeline, then the project
-    on each chosen pipeline except `cache` (which `fast` supersedes)."""
-    return [("plain", "original")] + [("lightning", name) for name in pipelines if name != "cache"]
+def train_runs(pipelines: list[str], method: str = "mocov2") -> list[tuple[str, str]]:
+    """(runner, pipeline) of the train section: the plain loop on the original pipeline (MoCo v2's: it is
+    upstream's step), then the project on each chosen pipeline except `cache` (which `fast` supersedes)."""
+    plain = [("plain", "original")] if method == "mocov2" else []
+    return plain + [("lightning", name) for name in pipelines if name != "cache"]
 
 
 def bench_train(args: argparse.Namespace, datasets: dict, scratch: Path) -> list[dict]:
@@ -220,25 +223,33 @@ def bench_train(args: argparse.Namespace, datasets: dict, scratch: Path) -> list
     """
     rows = []
     batches = window_marks(args)[-1]
-    runs = train_runs(args.pipelines)
-    for arch in args.archs:
-        for resolution in args.resolutions:
-            results: dict[tuple, list[dict]] = {run: [] for run in runs}
-            for repeat in range(args.repeats):
-                for runner, data in runs if repeat % 2 == 0 else runs[::-1]:
-                    job = {"args": args, "arch": arch, "resolution": resolution, "runner": runner, "data": data,
-                           "datasets": datasets, "batches": batches,
-                           "run_dir": str(scratch / f"{arch}_{resolution}_{runner}_{data}_{repeat}")}
-                    results[(runner, data)].append(isolated(job))
-            for (runner, data), done in results.items():
-                rates = [rate for result in done for rate in window_rates(result["times"], args.steps, args.batch)]
-                peak = max(result["peak_memory_mb"] for result in done)
-                rows.append({"arch": arch, "resolution": resolution, "runner": runner, "data": data,
-                             "images_per_s": statistics.median(rates), "window_images_per_s": rates,
-                             "repeats": len(done), "peak_memory_mb": peak})
-                print(f"train {arch} {resolution:>4} px {runner:>9} + {data:>8} data: "
-                      f"{rows[-1]['images_per_s']:7.1f} img/s, peak {peak:.0f} MB", flush=True)
+    for method in args.methods:
+        runs = train_runs(args.pipelines, method)
+        for arch in args.archs:
+            for resolution in args.resolutions:
+                results: dict[tuple, list[dict]] = {run: [] for run in runs}
+                for repeat in range(args.repeats):
+                    for runner, data in runs if repeat % 2 == 0 else runs[::-1]:
+                        job = {"args": args, "method": method, "arch": arch, "resolution": resolution,
+                               "runner": runner, "data": data, "datasets": datasets, "batches": batches,
+                               "run_dir": str(scratch / f"{method}_{arch}_{resolution}_{runner}_{data}_{repeat}")}
+                        results[(runner, data)].append(isolated(job))
+                for (runner, data), done in results.items():
+                    rows.append(train_row(args, method, arch, resolution, runner, data, done))
     return rows
+
+
+def train_row(args: argparse.Namespace, method: str, arch: str, resolution: int, runner: str, data: str,
+              done: list[dict]) -> dict:
+    """One run's images/s (median over every window of every repeat) and peak memory; printed as it comes."""
+    rates = [rate for result in done for rate in window_rates(result["times"], args.steps, args.batch)]
+    peak = max(result["peak_memory_mb"] for result in done)
+    row = {"method": method, "arch": arch, "resolution": resolution, "runner": runner, "data": data,
+           "images_per_s": statistics.median(rates), "window_images_per_s": rates, "repeats": len(done),
+           "peak_memory_mb": peak}
+    print(f"train {method} {arch} {resolution:>4} px {runner:>9} + {data:>8} data: "
+          f"{row['images_per_s']:7.1f} img/s, peak {peak:.0f} MB", flush=True)
+    return row
 
 
 def bench_epoch(args: argparse.Namespace, datasets: dict, scratch: Path) -> list[dict]:
@@ -247,8 +258,9 @@ def bench_epoch(args: argparse.Namespace, datasets: dict, scratch: Path) -> list
     arch = args.archs[0]
     for resolution in args.resolutions:
         for runner, data in (("plain", "original"), ("lightning", "fast")):
-            job = {"args": args, "arch": arch, "resolution": resolution, "runner": runner, "data": data,
-                   "datasets": datasets, "batches": None, "run_dir": str(scratch / f"epoch_{arch}_{resolution}_{runner}_{data}")}
+            job = {"args": args, "method": "mocov2", "arch": arch, "resolution": resolution, "runner": runner,
+                   "data": data, "datasets": datasets, "batches": None,
+                   "run_dir": str(scratch / f"epoch_{arch}_{resolution}_{runner}_{data}")}
             result = isolated(job)
             images = result["steps"] * args.batch
             rows.append({"arch": arch, "resolution": resolution, "runner": runner, "data": data,

@@ -178,3 +178,21 @@ def test_embeddings_stay_float32_in_the_losses_under_bf16_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = model.training_step((views(), torch.zeros(4)), 0)
     assert loss.dtype == torch.float32
+
+
+@pytest.mark.parametrize("architecture", ["resnet50", "custom_resnet50", "resnet18"])
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_trains_a_step_on_every_architecture(compose_cfg, method, architecture):
+    """Heads fit every feature width (2048, 1024 without conv5, 512): one real step on 16 px images."""
+    cfg = compose_cfg(f"method={method}", f"architecture={architecture}", "method.bn_splits=2",
+                      "experiment=s3l")
+    if method == "mocov2":
+        cfg.method.K = 8  # a multiple of the batch of 4
+    pretrain = next(s for s in stage_specs(cfg) if s.cfg.kind == "pretrain")
+    torch.manual_seed(0)
+    module = build_method(cfg.method, pretrain.cfg, "imagenet", cfg.optimizer, world_size=1)
+    attach(module)
+    loss = module.training_step((views(n=4, size=16), torch.zeros(4)), 0)
+    loss.backward()
+    assert torch.isfinite(loss) and module.backbone.conv1.weight.grad is not None
+    assert module.backbone.feature_dim == {"resnet50": 2048, "custom_resnet50": 1024, "resnet18": 512}[architecture]
