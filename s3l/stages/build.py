@@ -62,7 +62,7 @@ def build_datamodule(cfg: DictConfig, spec: StageSpec, train, test) -> StageData
         transform, collate = pretrain_transform(s.resolution, views, fast, cfg.dataset.augment_on)
         return StageDataModule(
             train, transform, s.batch_size, cfg.dataset.num_workers,
-            drop_last=True,  # upstream: drop_last=True (the queue needs whole batches)
+            drop_last=True,  # upstream: drop_last=True (a queue and split BatchNorm need whole batches)
             collate_fn=collate,
         )
     return ClassifyDataModule(
