@@ -28,21 +28,34 @@ def concat_all_gather(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat(gathered, dim=0)
 
 
+class _GatherWithGrad(torch.autograd.Function):
+    # Our own, not torch's functional `all_gather_single_autograd`: under gloo (torch 2.14) a process that ran
+    # its backward aborted at exit ("terminate called without an active exception") in about one run in four.
+    # Blocking all_gather / all_reduce leave no asynchronous work behind.
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        return concat_all_gather(tensor)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        rank, world_size = world()
+        grad = grad.contiguous()
+        dist.all_reduce(grad)  # every process's gradient for every slice, summed
+        return grad.chunk(world_size)[rank]
+
+
 def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     """`concat_all_gather` through which gradients flow back to the process that computed each slice.
 
-    The functional all-gather's backward sums every process's gradient for a slice onto the slice's owner (a
-    reduce-scatter); with DDP averaging the parameter gradients over processes, a loss that each process
-    computes on the gathered batch is optimised exactly as the same loss on one device (tests/test_distributed.py).
-    It is torch's recommended autograd all-gather (torch.distributed.nn's is deprecated), though its module is
-    underscored.
+    The backward sums every process's gradient for a slice onto the slice's owner; with DDP averaging the
+    parameter gradients over processes, a loss that each process computes on the gathered batch is optimised
+    exactly as the same loss on one device (tests/test_distributed.py). Every process must pass a tensor of
+    the same shape.
     """
     _, world_size = world()
     if world_size == 1:
         return tensor
-    from torch.distributed._functional_collectives import all_gather_single_autograd
-
-    return all_gather_single_autograd(tensor.contiguous(), gather_dim=0, group=dist.group.WORLD)
+    return _GatherWithGrad.apply(tensor)
 
 
 @torch.no_grad()
