@@ -16,7 +16,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from s3l import __version__
-from s3l.callbacks.checkpointing import StageRecord
+from s3l.callbacks.checkpointing import StageRecord, wait_for_checkpoints
 from s3l.checkpoints import export_backbone, write_atomically
 from s3l.config import (
     HydraTask,
@@ -140,6 +140,7 @@ def run_stage(cfg: DictConfig, spec: StageSpec, stage_dir: Path, previous_dir: P
     if trainer.is_global_zero:
         export_stage(cfg, spec, stage_dir, module, trainer)
         _write_text(stage_dir / "config.yaml", OmegaConf.to_yaml(spec.cfg, resolve=True))
+        wait_for_checkpoints(trainer)  # the final last.ckpt, written in the background during the export
         _write_text(stage_dir / RESULTS, json.dumps(result, indent=2))  # written last: marks the stage done
     # Under DDP the other ranks would otherwise start the next stage, and read its init, before rank 0 wrote it.
     trainer.strategy.barrier("stage exported")

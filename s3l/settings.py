@@ -148,6 +148,8 @@ class TrainerSettings:
 class CheckpointSettings:
     every_n_epochs: PositiveInt | None
     every_n_train_steps: PositiveInt | None
+    every_n_minutes: PositiveFloat | None
+    async_write: bool
 
 
 @dataclass

@@ -9,14 +9,13 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 from omegaconf import DictConfig
-from torch.utils.data import DataLoader
 
 from s3l.callbacks.checkpointing import (
-    AtomicCheckpointIO,
     LastCheckpoint,
     NonFiniteLossGuard,
     PreemptionCheckpoint,
     RNGStateCheckpoint,
+    checkpoint_io,
 )
 from s3l.callbacks.cost import CostMeter
 from s3l.callbacks.knn import KNNMonitor
@@ -28,9 +27,11 @@ from s3l.data.datamodule import (
     StageDataModule,
     Transformed,
     classify_train_transform,
+    loader,
     pretrain_transform,
 )
 from s3l.data.datasets import build_dataset
+from s3l.data.sampling import stage_seed
 from s3l.data.transforms import eval_transform
 from s3l.data.views import smallest_min_scale, view_specs
 from s3l.loggers import build_loggers
@@ -63,11 +64,11 @@ def build_datamodule(cfg: DictConfig, spec: StageSpec, train, test) -> StageData
         return StageDataModule(
             train, transform, s.batch_size, cfg.dataset.num_workers,
             drop_last=True,  # upstream: drop_last=True (a queue and split BatchNorm need whole batches)
-            collate_fn=collate,
+            collate_fn=collate, seed=stage_seed(cfg.seed, spec.name),
         )
     return ClassifyDataModule(
         train, classify_train_transform(s.resolution, s.train_crop), s.batch_size, cfg.dataset.num_workers,
-        test, eval_transform(s.resolution),
+        test, eval_transform(s.resolution), seed=stage_seed(cfg.seed, spec.name),
     )
 
 
@@ -121,11 +122,8 @@ def build_knn_monitor(cfg: DictConfig, spec: StageSpec, train, test) -> KNNMonit
     if spec.cfg.kind != "pretrain" or not knn or knn.every_n_epochs <= 0:
         return None
     transform = eval_transform(spec.cfg.resolution)
-    loaders = [
-        DataLoader(Transformed(split, transform), batch_size=spec.cfg.batch_size, shuffle=False,
-                   num_workers=cfg.dataset.num_workers)
-        for split in (train, test)
-    ]
+    loaders = [loader(Transformed(split, transform), spec.cfg.batch_size, cfg.dataset.num_workers)
+               for split in (train, test)]
     return KNNMonitor(*loaders, every_n_epochs=knn.every_n_epochs, k=knn.k, temperature=knn.temperature,
                       at_start=knn.at_start)
 
@@ -148,7 +146,7 @@ def build_trainer(
     every = cfg.callbacks.checkpoint
     callbacks = [
         NonFiniteLossGuard(last), *callbacks, RNGStateCheckpoint(), PreemptionCheckpoint(last),
-        LastCheckpoint(last, every.every_n_epochs, every.every_n_train_steps),  # last: after every other hook
+        LastCheckpoint(last, every.every_n_epochs, every.every_n_train_steps, every.every_n_minutes),  # last hook
     ]
     bar = cfg.callbacks.progress_bar
     if bar == "rich":
@@ -163,14 +161,16 @@ def build_trainer(
         sync_batchnorm=t.sync_batchnorm, num_sanity_val_steps=0, default_root_dir=stage_dir,
         logger=build_loggers(cfg, spec, stage_dir, resume), callbacks=callbacks,
         enable_progress_bar=bar != "none", enable_model_summary=False, enable_checkpointing=False,
-        plugins=[AtomicCheckpointIO()],
+        plugins=[checkpoint_io(every.async_write)],
     )
 
 
 def build_cost_meter(cfg: DictConfig, spec: StageSpec) -> CostMeter:
     """Training FLOPs per input image in backbone forward passes: the method's `forward_cost` for pretraining
     (e.g. MoCo: query forward + backward 3, key forward 1), 3 supervised (forward + backward), 1 linear."""
-    forward = backbone_flops(build_backbone(spec.cfg.architecture, cfg.architecture.stem), spec.cfg.resolution)
+    with torch.device("meta"):  # shapes only: no memory, no weight initialisation
+        backbone = build_backbone(spec.cfg.architecture, cfg.architecture.stem)
+    forward = backbone_flops(backbone, spec.cfg.resolution)
     kind = spec.cfg.kind
     factor = method_class(cfg.method).forward_cost if kind == "pretrain" else {"linear": 1.0}.get(kind, 3.0)
     return CostMeter(train_flops_per_image=factor * forward, forward_gflops_per_image=forward / 1e9)

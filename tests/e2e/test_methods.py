@@ -31,7 +31,8 @@ def test_a_method_sweep_on_cub_trains_every_method_and_summarizes_them(train, tm
 # Two pretraining epochs of three steps on the digits, the second checkpoint is the end of training.
 RESUMABLE = ["stage=pretrain", "seed=3", "trainer.deterministic=true", "dataset.num_workers=0", "method.epochs=2",
              "method.batch_size=32", "trainer.limit_train_batches=3", "stages.pretrain.knn.every_n_epochs=1",
-             "method.bn_splits=2", "method.warmup_epochs=0", "trainer.log_every_n_steps=1"]
+             "method.bn_splits=2", "method.warmup_epochs=0", "trainer.log_every_n_steps=1",
+             "callbacks.checkpoint.every_n_epochs=1"]  # a checkpoint at every epoch: the kills count saves
 
 
 @pytest.mark.parametrize("method", [m for m in METHODS if m != "mocov2"])  # MoCo: tests/e2e/test_resume.py

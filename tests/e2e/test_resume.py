@@ -21,7 +21,8 @@ pytestmark = pytest.mark.slow
 RESUMABLE = ["chain=pretrain_finetune", "seed=7", "trainer.deterministic=true", "dataset.num_workers=0",
              "method.epochs=4", "method.batch_size=32", "method.K=256", "trainer.limit_train_batches=4",
              "trainer.limit_val_batches=2", "stages.finetune.epochs=3", "stages.pretrain.knn.every_n_epochs=2",
-             "trainer.log_every_n_steps=1"]
+             "trainer.log_every_n_steps=1",
+             "callbacks.checkpoint.every_n_epochs=1"]  # a checkpoint at every epoch: the kills count saves
 TRAIN_FLAGS = ["callbacks.progress_bar=none", "print_config=false"]
 
 
