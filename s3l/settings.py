@@ -57,6 +57,8 @@ class DatasetSettings:
     num_workers: NonNegativeInt
     cache: bool
     augment_on: Literal["workers", "device"]
+    resident: bool
+    resident_memory_fraction: Annotated[float, Range(0, 1, low_inclusive=False)]
     cache_dir: str | None = None  # file-backed datasets
     image_size: PositiveInt | None = None  # the embedded digits
 

@@ -30,6 +30,11 @@ def validate_config(cfg: DictConfig, specs: list[StageSpec]) -> None:
             f"dataset.root is not set for dataset={cfg.dataset.name}: pass dataset.root=/path/to/"
             + ("CUB_200_2011" if cfg.dataset.name == "cub200" else "folder_with_train_and_val")
         )
+    if cfg.dataset.resident and cfg.dataset.name not in DATASETS_WITH_ROOT:
+        raise S3LError(
+            "dataset.resident=true loads the resized-image cache of a dataset read from files "
+            f"({', '.join(DATASETS_WITH_ROOT)}), not dataset={cfg.dataset.name}: set dataset.resident=false"
+        )
     _validate_first_init(specs[0])
     for spec in specs:
         _validate_stage(cfg, spec)

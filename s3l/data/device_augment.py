@@ -109,17 +109,24 @@ class RawViewsTransform:
 
 def collate_raw_views(samples: list, size: int) -> RawViews:
     """Batch `((pixels, params), label)` samples from `RawViewsTransform` into a `RawViews`."""
-    height = max(pixels.shape[1] for (pixels, _), _ in samples)
-    width = max(pixels.shape[2] for (pixels, _), _ in samples)
-    images = torch.empty(len(samples), 3, height, width, dtype=torch.uint8)
-    for canvas, ((pixels, _), _) in zip(images, samples):
+    images = pad_images([pixels for (pixels, _), _ in samples])
+    params = torch.stack([params for (_, params), _ in samples])
+    labels = torch.tensor([label for _, label in samples])
+    return RawViews(images, params, labels, size)
+
+
+def pad_images(images: list[Tensor]) -> Tensor:
+    """uint8 (3, h, w) images padded to one (N, 3, H, W) batch on their device by repeating each image's last
+    row and column, so that sampling at an image border sees that image, never the padding."""
+    height = max(pixels.shape[1] for pixels in images)
+    width = max(pixels.shape[2] for pixels in images)
+    batch = torch.empty(len(images), 3, height, width, dtype=torch.uint8, device=images[0].device)
+    for canvas, pixels in zip(batch, images):
         h, w = pixels.shape[1:]
         canvas[:, :h, :w] = pixels
         canvas[:, :h, w:] = pixels[:, :, w - 1 :]  # repeat the last column, then the last row
         canvas[:, h:, :] = canvas[:, h - 1 : h, :]
-    params = torch.stack([params for (_, params), _ in samples])
-    labels = torch.tensor([label for _, label in samples])
-    return RawViews(images, params, labels, size)
+    return batch
 
 
 class RawViewsCollate:

@@ -31,6 +31,7 @@ from s3l.data.datamodule import (
     pretrain_transform,
 )
 from s3l.data.datasets import build_dataset
+from s3l.data.resident import build_resident_datamodule
 from s3l.data.sampling import stage_seed
 from s3l.data.transforms import eval_transform
 from s3l.data.views import smallest_min_scale, view_specs
@@ -53,7 +54,9 @@ def build_datasets(cfg: DictConfig) -> tuple:
     return train, test
 
 
-def build_datamodule(cfg: DictConfig, spec: StageSpec, train, test) -> StageDataModule:
+def build_datamodule(cfg: DictConfig, spec: StageSpec, train, test) -> L.LightningDataModule:
+    if cfg.dataset.resident:
+        return build_resident_datamodule(cfg, spec, train, test)
     s = spec.cfg
     if s.kind == "pretrain":
         views, fast = view_specs(cfg.augmentation), bool(cfg.dataset.cache)
