@@ -132,3 +132,25 @@ def test_repeated_training_runs_alternate_their_order_and_pool_their_windows(mon
     plain = rows[0]
     assert plain["repeats"] == 3 and plain["window_images_per_s"] == [10.0] * 6 and plain["images_per_s"] == 10.0
     assert plain["peak_memory_mb"] == 7.0  # the largest of its three runs (calls 1, 6 and 7)
+
+
+@pytest.mark.slow
+def test_end_to_end_section_times_whole_runs_of_the_project_and_the_plain_script(tmp_path):
+    root = two_class_cub(tmp_path)
+    out = tmp_path / "bench"
+    cmd = [sys.executable, "-m", "s3l.bench", "--sections", "e2e", "--archs", "resnet10", "--resolutions", "32",
+           "--batch", "8", "--workers", "1", "--e2e-epochs", "2", "--e2e-knn-every", "1", "--root", str(root),
+           "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    row = json.loads((out / "bench.json").read_text())["e2e"]
+    ids = {line.split()[0] for line in (root / "images.txt").read_text().splitlines()}
+    flags = dict(line.split() for line in (root / "train_test_split.txt").read_text().splitlines())
+    train_images = sum(flags[image_id] == "1" for image_id in ids)
+    assert row["images_per_epoch"] == train_images // 8 * 8 and row["K"] % 8 == 0 and row["K"] < train_images - 8
+    assert row["plain_s"] > row["plain_in_process_s"] > 0 and row["project_s"] > row["project_stage_wall_s"] > 0
+    assert row["speed_ratio"] == pytest.approx(row["plain_s"] / row["project_s"])
+    assert all(0 <= top1[0] <= 1 for top1 in row["knn_top1"].values())  # both measured the kNN at the end
+    assert row["commands"]["project"].startswith("python train.py stage=pretrain")
+    assert "Whole short runs, end to end" in (out / "bench.md").read_text()

@@ -17,6 +17,9 @@ Sections (`--sections`):
   own with its ratio to MoCo v2. Each run is a fresh process (unless --no-isolate), so peak memory (RSS on
   CPU, CUDA max allocated on GPU) is its own.
 - epoch: one epoch of the train split end to end: plain loop + original pipeline against project + fast.
+- e2e: whole short runs (`--e2e-epochs`, default 20) as fresh processes, timed whole: `train.py stage=pretrain`
+  with its defaults against `python -m s3l.bench.plain`, a plain script with persistent workers on the same
+  cache, views, model and kNN epochs (first architecture and resolution).
 
 An image is one dataset image delivered as two augmented views (query and key). Rates are the median over
 `--windows` windows of `--steps` batches, after `--warmup` batches (at least the 2 x workers batches that
@@ -25,5 +28,6 @@ the DataLoader prefetches, or the first windows look faster than the steady stat
 Writes `<out>/bench.json` and `<out>/bench.md` and prints the tables.
 
 Modules: `cli` (arguments, caches, main), `data` (pipelines, loaders, the data section), `training` (the two
-training loops, the train and epoch sections), `report` (bench.md).
+training loops, the train and epoch sections), `plain` (the plain loop's step and script), `endtoend` (the e2e
+section), `report` (bench.md); `gpu` (`python -m s3l.bench.gpu`, the prepared one-GPU benchmark).
 """

@@ -16,6 +16,7 @@ import torch
 import torchvision
 
 from s3l.bench.data import PIPELINES, bench_data
+from s3l.bench.endtoend import bench_endtoend
 from s3l.bench.profile import bench_profile
 from s3l.bench.report import markdown
 from s3l.bench.training import CONFIGS, bench_epoch, bench_train, pretrain_config
@@ -24,7 +25,7 @@ from s3l.data.cache import CachedImages, build_resized_cache, cache_short_side
 from s3l.data.datasets import build_dataset
 from s3l.data.views import ViewSpec, smallest_min_scale, view_specs
 
-SECTIONS = ("data", "profile", "train", "epoch")
+SECTIONS = ("data", "profile", "train", "epoch", "e2e")
 # glibc reads these when a process starts. By default it serves large blocks (>= 128 KiB, raised
 # dynamically up to 32 MiB) with fresh mmaps and returns freed heap tops to the OS, so a CPU training step
 # can page-fault its activations in anew each time, by an amount that depends on the process's allocation
@@ -55,7 +56,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed", "16-mixed"])
     parser.add_argument("--channels-last", action="store_true", help="channels_last model weights (both loops)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the encoders (both loops)")
-    parser.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated: data,profile,train,epoch")
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help="comma-separated: data,profile,train,epoch,e2e")
+    parser.add_argument("--e2e-epochs", type=int, default=20,
+                        help="e2e section: epochs of each whole run (first architecture and resolution)")
+    parser.add_argument("--e2e-knn-every", type=int, default=10,
+                        help="e2e section: the kNN monitor every N epochs, in both runs (the project's default)")
     parser.add_argument("--profile-images", type=int, default=96, help="images per pass in the profile section")
     parser.add_argument("--pipelines", default=",".join(PIPELINES),
                         help="comma-separated data pipelines: original,cache,fast,device (original is always run)")
@@ -86,8 +92,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(problem)
     if args.steady_malloc and not args.isolate:
         parser.error("--steady-malloc applies to fresh processes: drop --no-isolate")
-    if min(args.steps, args.warmup, args.windows, args.batch, args.repeats, args.profile_images) < 1:
-        parser.error("--steps, --warmup, --windows, --batch, --repeats and --profile-images must be at least 1")
+    if min(args.steps, args.warmup, args.windows, args.batch, args.repeats, args.profile_images, args.e2e_epochs) < 1:
+        parser.error("--steps, --warmup, --windows, --batch, --repeats, --profile-images and --e2e-epochs must be "
+                     "at least 1")
     return args
 
 
@@ -140,6 +147,8 @@ def main(argv: list[str] | None = None) -> dict:
         results["train"] = bench_train(args, datasets, scratch)
     if "epoch" in args.sections:
         results["epoch"] = bench_epoch(args, datasets, scratch)
+    if "e2e" in args.sections:
+        results["e2e"] = bench_endtoend(args, len(datasets["original"]), scratch)
     results["machine"]["load_average_end"] = os.getloadavg()
     shutil.rmtree(scratch, ignore_errors=True)
     (args.out / "bench.json").write_text(json.dumps(results, indent=2))

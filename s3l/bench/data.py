@@ -11,6 +11,8 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, default_collate
 
 from s3l.data.datamodule import Transformed, pretrain_transform
 from s3l.data.device_augment import RawViews, realize_views
+from s3l.data.resident import ResidentImages, ResidentLoader, TwoViews
+from s3l.data.sampling import EpochSampler
 from s3l.data.views import ViewSpec
 
 PIPELINES = ("original", "cache", "fast", "device")
@@ -18,15 +20,24 @@ PIPELINES = ("original", "cache", "fast", "device")
 
 def pipeline(name: str, datasets: dict, resolution: int, views: tuple[ViewSpec, ViewSpec]) -> tuple:
     """(dataset, two-view transform, collate function) of one data pipeline at `resolution`, as the
-    project's datamodule builds them (`pretrain_transform`)."""
+    project's datamodule builds them (`pretrain_transform`). `resident` (not a choice of `--pipelines`):
+    the images that `datasets[("resident", resolution)]` holds on the device, and the views made there."""
+    if name == "resident":
+        return datasets[("resident", resolution)], TwoViews(views, resolution), None
     dataset = datasets["original"] if name == "original" else datasets[resolution]
     augment_on = "device" if name == "device" else "workers"
     transform, collate = pretrain_transform(resolution, views, fast=name == "fast", augment_on=augment_on)
     return dataset, transform, collate or default_collate
 
 
-def make_loader(dataset: Dataset, transform, collate, batch: int, workers: int, batches: int | None) -> DataLoader:
-    """The project's DataLoader settings; `batches` shuffled batches (repeating the data), or one epoch."""
+def make_loader(dataset: Dataset | ResidentImages, transform, collate, batch: int, workers: int,
+                batches: int | None) -> DataLoader | ResidentLoader:
+    """The project's DataLoader settings; `batches` shuffled batches (repeating the data), or one epoch.
+    Resident images get the resident path's loader instead (batches made on their device, no workers)."""
+    if isinstance(dataset, ResidentImages):
+        keys = EpochSampler(dataset, seed=0) if batches is None else [
+            (0, int(index)) for index in RandomSampler(dataset, num_samples=batches * batch)]
+        return ResidentLoader(dataset, transform, batch, keys, drop_last=True, seed=0)
     sampler = RandomSampler(dataset, num_samples=None if batches is None else batches * batch)
     return DataLoader(Transformed(dataset, transform), batch_size=batch, sampler=sampler, drop_last=True,
                       num_workers=workers, pin_memory=torch.cuda.is_available(), collate_fn=collate)

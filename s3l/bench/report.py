@@ -35,6 +35,8 @@ def markdown(results: dict) -> str:
         lines += methods_table(results["train"], s["pipelines"])
     if "epoch" in results:
         lines += epoch_table(results["epoch"], s["resolutions"])
+    if "e2e" in results:
+        lines += endtoend_table(results["e2e"])
     return "\n".join(lines) + "\n"
 
 
@@ -129,3 +131,21 @@ def epoch_table(rows: list[dict], resolutions: list[int]) -> list[str]:
 
 def fmt_load(load: list[float]) -> str:
     return ", ".join(f"{value:.2f}" for value in load)
+
+
+def endtoend_table(row: dict) -> list[str]:
+    return ["", "## Whole short runs, end to end", "",
+            f"{row['epochs']} epochs of {row['images_per_epoch']} images, {row['arch']} at {row['resolution']} px, "
+            f"MoCo v2 (K {row['K']}, m 0.99), kNN every {row['knn_every']} epochs; each a fresh process, timed "
+            "whole (start-up, epoch boundaries, checkpoints, kNN):", "",
+            "| run | wall s (each run) | kNN top-1 at the end |", "|---|---:|---:|",
+            f"| plain script | {row['plain_s']:.1f} ({', '.join(f'{x:.1f}' for x in row['plain_runs_s'])}) | "
+            f"{fmt_knn(row['knn_top1']['plain'])} |",
+            f"| project | {row['project_s']:.1f} ({', '.join(f'{x:.1f}' for x in row['project_runs_s'])}) | "
+            f"{fmt_knn(row['knn_top1']['project'])} |",
+            "", f"plain / project: **{row['speed_ratio']:.3f}** (1.0: as fast as the plain script)", "",
+            *(f"- {name}: `{command}`" for name, command in row["commands"].items())]
+
+
+def fmt_knn(values: list) -> str:
+    return "-" if not values or values[-1] is None else f"{100 * values[-1]:.1f}%"

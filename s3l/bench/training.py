@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import multiprocessing
 import statistics
@@ -14,7 +13,6 @@ from pathlib import Path
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
@@ -25,17 +23,15 @@ from s3l.bench.data import (
     make_loader,
     pipeline,
     synchronize,
-    to_device,
     window_marks,
     window_rates,
 )
+from s3l.bench.plain import mixed_precision, plain_step
 from s3l.callbacks.cost import peak_memory_mb
 from s3l.config import StageSpec, register_resolvers, stage_specs
 from s3l.data.device_augment import realize_views
 from s3l.data.views import view_specs
 from s3l.methods.base import SSLMethod
-from s3l.methods.losses import infonce_logits
-from s3l.methods.mocov2 import MoCoV2
 from s3l.optim import build_sgd
 from s3l.stages.build import build_cost_meter, build_module, build_trainer
 from s3l.validate import validate_config
@@ -129,30 +125,6 @@ def lightning_run(job: dict) -> dict:
             "steps": trainer.global_step, "peak_memory_mb": peak_memory_mb()}
 
 
-def plain_step(module: MoCoV2, optimizer: torch.optim.Optimizer, batch, device: torch.device, autocast,
-               scaler) -> float:
-    """One step the way upstream main_moco_pretraining.py takes it, on the same MoCoV2 object."""
-    (im_q, im_k), _ = to_device(batch, device)
-    with autocast():
-        q = F.normalize(module.encoder_q(im_q), dim=1)
-        module.momentum_update_key_encoder()
-        k = module.compute_keys(im_k)
-        logits = infonce_logits(q, k, module.queue.clone().detach(), module.hparams.T)
-        labels = torch.zeros(logits.shape[0], dtype=torch.long, device=device)
-        loss = F.cross_entropy(logits, labels)
-    module.dequeue_and_enqueue(k)
-    optimizer.zero_grad()
-    if scaler is None:
-        loss.backward()
-        optimizer.step()
-    else:
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-    (logits.argmax(dim=1) == 0).float().mean().item()  # upstream's per-step accuracy meter
-    return loss.item()  # upstream's per-step loss meter
-
-
 def plain_run(job: dict) -> dict:
     """The plain loop: same model, optimizer settings, batch and DataLoader; no Lightning."""
     args, run_dir = job["args"], Path(job["run_dir"])
@@ -179,15 +151,6 @@ def plain_run(job: dict) -> dict:
     epoch_s = time.perf_counter() - start
     return {"times": times, "epoch_s": epoch_s, "fit_s": epoch_s, "steps": steps,
             "peak_memory_mb": peak_memory_mb()}
-
-
-def mixed_precision(precision: str, device: torch.device) -> tuple:
-    """(autocast context factory, GradScaler or None) matching Lightning's precision setting."""
-    if precision == "32-true":
-        return contextlib.nullcontext, None
-    dtype = torch.bfloat16 if precision == "bf16-mixed" else torch.float16
-    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
-    return (lambda: torch.autocast(device.type, dtype=dtype)), scaler
 
 
 def run_job(job: dict) -> dict:
