@@ -144,6 +144,7 @@ class TrainerSettings:
     sync_batchnorm: bool
     channels_last: bool
     compile: bool
+    check_finite_every_n_steps: PositiveInt
 
 
 @dataclass

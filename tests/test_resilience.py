@@ -241,3 +241,27 @@ def test_a_checkpoint_written_with_other_settings_is_never_resumed(tmp_path):
 
 def test_no_checkpoint_is_a_fresh_start(tmp_path):
     assert find_resume_point(tmp_path, SPEC, IDENTITY) is None
+
+
+def test_the_guard_reads_the_loss_every_n_steps_but_names_the_first_bad_one_and_blocks_checkpoints(tmp_path):
+    guard = NonFiniteLossGuard(tmp_path / "last.ckpt", check_every_n_steps=5)
+    trainer = SimpleNamespace(current_epoch=0, global_step=0)
+
+    def step(loss: float) -> None:
+        trainer.global_step += 1
+        guard.on_train_batch_end(trainer, None, {"loss": torch.tensor(loss)}, None, 0)
+
+    for loss in (1.0, 0.9, float("inf")):  # steps 1-3: recorded on the device, not read yet
+        step(loss)
+    step(float("nan"))  # step 4: not the first any more
+    with pytest.raises(S3LError) as before_save:
+        guard.on_save_checkpoint(trainer, None, {})  # a checkpoint of these weights is never written
+    assert "non-finite loss (inf) at epoch 0, step 3" in str(before_save.value)
+    with pytest.raises(S3LError, match="step 3"):
+        step(1.0)  # step 5: the periodic read
+    with pytest.raises(S3LError, match="step 3"):
+        guard.on_train_end(trainer, None)
+    finite = NonFiniteLossGuard(tmp_path / "last.ckpt", check_every_n_steps=5)
+    finite.on_train_batch_end(trainer, None, {"loss": torch.tensor(2.0)}, None, 0)
+    finite.on_save_checkpoint(trainer, None, {})
+    finite.on_train_end(trainer, None)  # nothing recorded: nothing raised

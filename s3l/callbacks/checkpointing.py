@@ -16,6 +16,7 @@ import torch
 from lightning.fabric.plugins import CheckpointIO
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.plugins.io import AsyncCheckpointIO
+from torch import Tensor
 
 from s3l.checkpoints import write_atomically
 from s3l.errors import S3LError
@@ -222,20 +223,50 @@ class PreemptionCheckpoint(L.Callback):
 
 
 class NonFiniteLossGuard(L.Callback):
-    """Stop at the first NaN/Inf loss, before any checkpoint can store the broken weights."""
+    """Stop at a NaN/Inf loss, before any checkpoint can store the broken weights.
 
-    def __init__(self, last_checkpoint: Path) -> None:
+    Reading the loss on the host every step would stall a GPU at every step, so the first non-finite loss (its
+    value, epoch and step) is recorded on the device, and read every `check_every_n_steps` steps, before every
+    checkpoint is written and at the end of training: training stops at most that many steps after the bad one,
+    never with a checkpoint or an export of its weights.
+    """
+
+    def __init__(self, last_checkpoint: Path, check_every_n_steps: int = 1) -> None:
         self.last_checkpoint = last_checkpoint
+        self.check_every_n_steps = check_every_n_steps
+        self._first_bad: Tensor | None = None  # (loss, epoch, step) of the first non-finite loss; step -1: none
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        if loss is None or bool(torch.isfinite(loss.detach()).all()):
+        if loss is None:
+            return
+        loss = loss.detach().float().reshape(-1)[:1]
+        if self._first_bad is None:
+            self._first_bad = torch.tensor([0.0, 0.0, -1.0], device=loss.device)
+        here = torch.cat([loss, loss.new_tensor([trainer.current_epoch, trainer.global_step])])
+        is_first = ~torch.isfinite(loss) & (self._first_bad[2] < 0)
+        self._first_bad = torch.where(is_first, here, self._first_bad)
+        if trainer.global_step % self.check_every_n_steps == 0:
+            self.check()
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        self.check()  # raising here writes nothing: the last good checkpoint stays
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Raise if a non-finite loss was recorded (one host read)."""
+        if self._first_bad is None:
+            return
+        loss, epoch, step = self._first_bad.tolist()
+        if step < 0:
             return
         last = (
             f"the last good checkpoint {self.last_checkpoint} is kept intact"
             if self.last_checkpoint.is_file() else "no checkpoint had been written yet"
         )
         raise S3LError(
-            f"non-finite loss ({float(loss)}) at epoch {trainer.current_epoch}, step {trainer.global_step}: "
+            f"non-finite loss ({loss}) at epoch {int(epoch)}, step {int(step)}: "
             f"training stopped and {last}; lower the learning rate or check the data"
         )

@@ -148,7 +148,7 @@ def build_trainer(
     last = last_checkpoint(stage_dir)
     every = cfg.callbacks.checkpoint
     callbacks = [
-        NonFiniteLossGuard(last), *callbacks, RNGStateCheckpoint(), PreemptionCheckpoint(last),
+        NonFiniteLossGuard(last, t.check_finite_every_n_steps), *callbacks, RNGStateCheckpoint(), PreemptionCheckpoint(last),
         LastCheckpoint(last, every.every_n_epochs, every.every_n_train_steps, every.every_n_minutes),  # last hook
     ]
     bar = cfg.callbacks.progress_bar
