@@ -62,6 +62,17 @@ def test_busy_time_is_the_union_of_overlapping_kernel_intervals():
 def test_gpu_bench_names_the_missing_dataset_in_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "s3l.bench.gpu", "--root", str(tmp_path / "nowhere")],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip() == (f"error: no CUB dataset at {tmp_path / 'nowhere'}: pass --root, or run "
                                    "`make bench-gpu-data` to copy the subset into the repo")
+
+
+def test_gpu_bench_refuses_docs_it_cannot_rewrite_before_measuring(tmp_path):
+    no_markers = tmp_path / "notes.md"
+    no_markers.write_text("# notes\n")
+    for docs, expected in ((tmp_path / "missing.md", "cannot read --docs"), (no_markers, "has no <!-- bench-gpu")):
+        proc = subprocess.run([sys.executable, "-m", "s3l.bench.gpu", "--tiny", "--docs", str(docs),
+                               "--out", str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 2 and expected in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+        assert not (tmp_path / "out").exists()  # refused before anything was measured

@@ -38,7 +38,7 @@ import torch
 
 from s3l.bench.cli import build_caches, machine
 from s3l.bench.data import bench_device, window_marks, window_rates
-from s3l.bench.gpu_report import markdown, projection, rewrite_docs, targets
+from s3l.bench.gpu_report import docs_section, markdown, projection, rewrite_docs, targets
 from s3l.bench.gpu_runs import forward_run, stage_run
 from s3l.bench.training import isolated, pretrain_config
 from s3l.data.datasets import build_dataset
@@ -74,6 +74,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--from-json", type=Path, default=None,
                         help="measure nothing: rewrite --docs from this bench.json of an earlier run")
     args = parser.parse_args(argv)
+    docs_section(args.docs)
     if args.from_json is None:
         args.root = find_root(args.root)
     return args
@@ -246,5 +247,6 @@ def main(argv: list[str] | None = None) -> dict:
 if __name__ == "__main__":
     try:
         main()
-    except S3LError as err:  # no dataset, no markers in --docs: one line, no traceback
-        sys.exit(f"error: {err}")
+    except S3LError as err:  # no dataset, an unreadable --docs: one line, no traceback, exit 2 as train.py
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

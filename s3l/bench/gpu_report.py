@@ -185,8 +185,18 @@ def projection_lines(plan: dict) -> list[str]:
 
 def rewrite_docs(path: Path, section: str) -> None:
     """Replace the text between the bench-gpu markers of `path` with `section`; the rest stays as it is."""
-    text = path.read_text()
+    text, start, end = docs_section(path)
+    path.write_text(text[: start + len(START)] + "\n" + section + text[end:])
+
+
+def docs_section(path: Path) -> tuple[str, int, int]:
+    """The text of `path` and where its bench-gpu markers are; one S3LError line if it cannot be rewritten
+    (checked before measuring too, so that a wrong --docs does not waste a GPU run)."""
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise S3LError(f"cannot read --docs {path} ({error.strerror}): pass the markdown file to rewrite") from None
     start, end = text.find(START), text.find(END)
     if start < 0 or end < start:
         raise S3LError(f"{path} has no {START} ... {END} markers to write the GPU section between")
-    path.write_text(text[: start + len(START)] + "\n" + section + text[end:])
+    return text, start, end
