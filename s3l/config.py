@@ -16,6 +16,8 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from s3l.data.subset import read_subset
+
 
 def run_id(overrides: str, resume: bool | str) -> str:
     """The run directory name: a hash of the command-line overrides, or a timestamp when not resuming.
@@ -106,7 +108,8 @@ def check_group_options(argv: list[str], config_dir: Path) -> str | None:
 
 # Settings that change how fast a stage runs or how much it prints, never what it computes: a resume or a
 # reuse of a finished stage does not depend on them.
-RESULT_NEUTRAL_KEYS = ("dataset.num_workers", "dataset.cache_dir", "trainer.log_every_n_steps")
+RESULT_NEUTRAL_KEYS = ("dataset.num_workers", "dataset.cache_dir", "dataset.resident_memory_fraction",
+                       "trainer.log_every_n_steps", "trainer.check_finite_every_n_steps")
 
 
 def stage_identity(cfg: DictConfig, spec: StageSpec) -> dict:
@@ -119,6 +122,9 @@ def stage_identity(cfg: DictConfig, spec: StageSpec) -> dict:
     for dotted in RESULT_NEUTRAL_KEYS:
         group, name = dotted.split(".")
         identity[group].pop(name, None)
+    subset = identity["dataset"].get("subset")
+    if subset:  # the list's content, not only its path: a list edited in place is another dataset
+        identity["dataset"]["subset"] = {"path": subset, "sha256": read_subset(subset).sha256}
     return identity
 
 

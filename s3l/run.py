@@ -177,6 +177,7 @@ def stage_result(cfg, spec: StageSpec, stage_dir: Path, module, trainer, metrics
             top5_last=metrics.get("val/acc5"),
         )
     train, test = datasets
+    subset = getattr(train, "subset", None)
     return {
         "stage": spec.name,
         "kind": spec.cfg.kind,
@@ -189,6 +190,7 @@ def stage_result(cfg, spec: StageSpec, stage_dir: Path, module, trainer, metrics
         "metrics": metrics,
         "cost": cost.summary(),
         "skipped_images": {"train": len(train.skipped), "test": len(test.skipped)},
+        "dataset": {"name": cfg.dataset.name, "subset": None if subset is None else subset.record()},
         "paths": {
             "stage_dir": str(stage_dir),
             "checkpoint": str(last_checkpoint(stage_dir)),

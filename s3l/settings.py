@@ -60,6 +60,7 @@ class DatasetSettings:
     resident: bool
     resident_memory_fraction: Annotated[float, Range(0, 1, low_inclusive=False)]
     cache_dir: str | None = None  # file-backed datasets
+    subset: str | None = None  # file-backed datasets: a subset.json (s3l.data.subset)
     image_size: PositiveInt | None = None  # the embedded digits
 
 

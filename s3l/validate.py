@@ -11,6 +11,7 @@ import torch
 from omegaconf import DictConfig
 
 from s3l.config import StageSpec, stage_epochs
+from s3l.data.subset import read_subset
 from s3l.errors import S3LError
 from s3l.methods.base import method_class
 from s3l.models.resnet import full_architecture
@@ -35,6 +36,13 @@ def validate_config(cfg: DictConfig, specs: list[StageSpec]) -> None:
             "dataset.resident=true loads the resized-image cache of a dataset read from files "
             f"({', '.join(DATASETS_WITH_ROOT)}), not dataset={cfg.dataset.name}: set dataset.resident=false"
         )
+    if cfg.dataset.get("subset") is not None:
+        if cfg.dataset.name not in DATASETS_WITH_ROOT:
+            raise S3LError(
+                f"dataset.subset keeps listed files of a dataset read from files ({', '.join(DATASETS_WITH_ROOT)}),"
+                f" not dataset={cfg.dataset.name}: set dataset.subset=null"
+            )
+        read_subset(cfg.dataset.subset)  # a missing or malformed list fails now, before any image is read
     _validate_first_init(specs[0])
     for spec in specs:
         _validate_stage(cfg, spec)

@@ -92,13 +92,15 @@ def resized_size(width: int, height: int, short_side: int) -> tuple[int, int]:
 
 
 def cache_key(dataset: Dataset, short_side: int) -> str:
-    """A hash of what the cache depends on: sample files (path, label, size, mtime), classes, short side."""
+    """A hash of what the cache depends on: sample files (path, label, size, mtime), classes, short side, and
+    the subset list applied (two subsets never share a cache, even where they pick the same files)."""
     files = []
     for path, label in dataset.samples:
         stat = os.stat(path)
         files.append([str(Path(path).resolve()), int(label), stat.st_size, stat.st_mtime_ns])
+    subset = getattr(dataset, "subset", None)
     identity = {"version": CACHE_VERSION, "short_side": short_side, "classes": list(dataset.classes),
-                "samples": files}
+                "samples": files, "subset": None if subset is None else subset.sha256}
     return hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]
 
 

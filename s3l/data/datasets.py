@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 
 from s3l.data.cub_metadata import CUB_LAYOUT, find_official_cub, read_official_cub
 from s3l.data.images import display_path, image_problem, load_rgb
+from s3l.data.subset import Subset, read_subset
 from s3l.errors import S3LError
 
 logger = logging.getLogger("s3l.data")
@@ -40,8 +41,12 @@ class LabelledImages(Dataset):
 
     `samples` holds `(path, label)` pairs; files that fail `image_problem` are dropped and listed in
     `.skipped` (policy "skip") or raise S3LError (policy "fail"). With `every_class`, a class left
-    without any usable image raises S3LError too (a training split must show every class).
+    without any usable image raises S3LError too (a training split must show every class). `.base` is the
+    folder that subset lists are relative to, `.subset` the subset applied (or None).
     """
+
+    base: Path
+    subset: Subset | None
 
     def __init__(
         self,
@@ -106,12 +111,15 @@ class ImageFolderSplit(LabelledImages):
     (a partial copy); every class needs a usable image in `train/`.
     """
 
-    def __init__(self, root: str, split: str, bad_images: str) -> None:
+    def __init__(self, root: str, split: str, bad_images: str, subset: Subset | None = None) -> None:
         _check_split(split)
         _check_policy(bad_images)
         root_path = _existing_root(root, FOLDER_LAYOUT)
-        samples, classes, split_dir = _scan_folders(root_path, split, FOLDER_LAYOUT)
-        where = f"dataset split '{split}' at '{display_path(split_dir)}'"
+        samples, classes, self.base = _scan_folders(root_path, split, FOLDER_LAYOUT)
+        if subset is not None:
+            samples, classes = subset.keep(samples, classes, self.base, split)
+        self.subset = subset
+        where = f"dataset split '{split}' at '{display_path(self.base)}'"
         super().__init__(samples, classes, bad_images, where, FOLDER_LAYOUT, every_class=split == "train")
 
 
@@ -125,17 +133,21 @@ class CUB200(LabelledImages):
     in classes.txt (e.g. "001.Black_footed_Albatross", the same as the class folder names).
     """
 
-    def __init__(self, root: str, split: str, bad_images: str) -> None:
+    def __init__(self, root: str, split: str, bad_images: str, subset: Subset | None = None) -> None:
         _check_split(split)
         _check_policy(bad_images)
         root_path = _existing_root(root, CUB_LAYOUT)
         official = find_official_cub(root_path)
         if official is not None:
             samples, classes = read_official_cub(official, split)
+            self.base = official / "images"
             where = f"dataset split '{split}' of '{display_path(official)}'"
         else:
-            samples, classes, split_dir = _scan_folders(root_path, split, CUB_LAYOUT)
-            where = f"dataset split '{split}' at '{display_path(split_dir)}'"
+            samples, classes, self.base = _scan_folders(root_path, split, CUB_LAYOUT)
+            where = f"dataset split '{split}' at '{display_path(self.base)}'"
+        if subset is not None:
+            samples, classes = subset.keep(samples, classes, self.base, split)
+        self.subset = subset
         super().__init__(samples, classes, bad_images, where, CUB_LAYOUT, every_class=split == "train")
 
 
@@ -174,11 +186,13 @@ class Digits(Dataset):
 
 
 def build_dataset(
-    name: str, root: str | None, split: str, bad_images: str, image_size: int | None = None
+    name: str, root: str | None, split: str, bad_images: str, image_size: int | None = None,
+    subset: str | None = None,
 ) -> Dataset:
     """The dataset `name` (one of DATASET_NAMES) for `split` ("train" or "test").
 
-    digits ignores root and bad_images and needs image_size; the folder datasets ignore image_size.
+    digits ignores root and bad_images and needs image_size; the folder datasets ignore image_size and keep
+    only the images listed in the subset.json `subset`, if given (s3l.data.subset).
     """
     if name == "digits":
         return Digits(split, image_size)
@@ -188,7 +202,7 @@ def build_dataset(
     if root is None:
         raise S3LError(f"dataset.root is not set for dataset '{name}': {layout}")
     dataset_class = CUB200 if name == "cub200" else ImageFolderSplit
-    return dataset_class(root, split, bad_images)
+    return dataset_class(root, split, bad_images, None if subset is None else read_subset(subset))
 
 
 def _check_split(split: str) -> None:

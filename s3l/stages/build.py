@@ -49,8 +49,8 @@ METHOD_STATE = "method_state.pt"
 def build_datasets(cfg: DictConfig) -> tuple:
     """Train and test splits of the configured dataset (images checked once, bad ones handled by policy)."""
     d = cfg.dataset
-    train = build_dataset(d.name, d.root, "train", d.bad_images, d.get("image_size"))
-    test = build_dataset(d.name, d.root, "test", d.bad_images, d.get("image_size"))
+    train = build_dataset(d.name, d.root, "train", d.bad_images, d.get("image_size"), d.get("subset"))
+    test = build_dataset(d.name, d.root, "test", d.bad_images, d.get("image_size"), d.get("subset"))
     return train, test
 
 
