@@ -41,6 +41,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from s3l.checkpoints import write_atomically
 from s3l.data.cub_metadata import find_official_cub
 from s3l.data.datasets import CUB200, ImageFolderSplit, LabelledImages
 from s3l.data.images import display_path
@@ -202,7 +203,7 @@ def build_subset(source: str, out: str, rule: str, value: float, seed: int, val:
     record = subset_record(source, name, rule, value, val, seed, selection)
     out_path.mkdir(parents=True, exist_ok=True)
     placed = materialise(selection, {split: datasets[split].base for split in SUBSET_SPLITS}, out_path, copy)
-    (out_path / "subset.json").write_text(subset_json(record))
+    write_atomically(out_path / "subset.json", lambda tmp: tmp.write_text(subset_json(record)))
     counts = {split: len(record["splits"][split]) for split in SUBSET_SPLITS}
     skipped = sum(len(dataset.skipped) for dataset in datasets.values())
     ways = ", ".join(f"{count} {way}" for way, count in placed.items())
