@@ -136,7 +136,7 @@ def test_every_stage_spans_its_schedule_over_the_epochs_it_trains(module):
     common = dict(architecture="resnet10", stem="imagenet", lr=0.1, momentum=0.9, weight_decay=0.0,
                   lr_schedule="cosine_step", milestones=None)
     model = (Classifier(num_classes=3, freeze="none", fc_init="default", bn_frozen=False, mixup_alpha=0.0,
-                        mean_per_class=False, **common) if module == "classifier"
+                        **common) if module == "classifier"
              else MoCoV2(dim=8, K=16, m=0.99, T=0.2, mlp=True, bn_splits=1, **common))
     model._trainer = SimpleNamespace(max_epochs=2, estimated_stepping_batches=10)  # capped: 2 of 120 epochs
     config = model.configure_optimizers()

@@ -9,8 +9,12 @@ They differ only in what is frozen, how fc starts, whether BN statistics move, a
 | warmup   | `conv1-4`  | normal  | False     | no    |
 | linear   | `backbone` | normal  | True      | no    |
 
-Validation runs on the test split every epoch, as upstream; both the last and the best epoch's top-1 are kept.
+Validation runs on the test split every epoch, as upstream. `metric` names the dataset's headline score:
+top-1 (`top1`), mean per-class accuracy (`mean_per_class`, Caltech-101) or VOC mAP (`map`, multi-label
+targets). The last and the best epoch's score are kept, and for single-label metrics the last and best top-1.
 """
+
+from collections.abc import Callable
 
 import lightning as L
 import numpy as np
@@ -20,11 +24,15 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from s3l.errors import S3LError
+from s3l.metrics import voc_map
 from s3l.models.resnet import build_backbone
 from s3l.optim import build_lr_schedule, build_sgd, schedule_length
 
 FREEZE_MODES = ("none", "conv1-4", "backbone")
 FC_INITS = ("default", "normal")
+# Each metric's headline score, among the validation values.
+SCORE_KEYS = {"top1": "val/acc1", "mean_per_class": "val/acc_per_class", "map": "val/map"}
+METRICS = tuple(SCORE_KEYS)
 
 
 def mixup_batch(
@@ -44,11 +52,18 @@ def mixup_batch(
     return lam * x + (1 - lam) * x[perm], y, y[perm], lam
 
 
-def mixup_loss(logits: Tensor, y: Tensor, y_perm: Tensor, lam: float) -> Tensor:
-    """`lam * CE(logits, y) + (1 - lam) * CE(logits, y_perm)`, plain CE when `lam == 1`."""
+def multilabel_bce(logits: Tensor, targets: Tensor) -> Tensor:
+    """BCE-with-logits against `targets != 0`: difficult-only labels (-1) count as present, as upstream."""
+    return F.binary_cross_entropy_with_logits(logits, (targets != 0).float())
+
+
+def mixup_loss(
+    logits: Tensor, y: Tensor, y_perm: Tensor, lam: float, criterion: Callable = F.cross_entropy
+) -> Tensor:
+    """`lam * criterion(logits, y) + (1 - lam) * criterion(logits, y_perm)`; plain criterion at `lam == 1`."""
     if lam == 1.0:
-        return F.cross_entropy(logits, y)
-    return lam * F.cross_entropy(logits, y) + (1 - lam) * F.cross_entropy(logits, y_perm)
+        return criterion(logits, y)
+    return lam * criterion(logits, y) + (1 - lam) * criterion(logits, y_perm)
 
 
 class Classifier(L.LightningModule):
@@ -56,7 +71,8 @@ class Classifier(L.LightningModule):
 
     `freeze`: `none` trains everything; `conv1-4` trains only layer4 and fc (the conv5 warm-up);
     `backbone` trains only fc (the linear probe). `bn_frozen` keeps the backbone in eval mode so BN running
-    statistics never move; frozen tensors are checked unchanged at the end of `fit`.
+    statistics never move; frozen tensors are checked unchanged at the end of `fit`. With `metric="map"` the
+    labels are int8 (N, C) vectors (1 present, 0 absent, -1 difficult-only) and the loss is per-class BCE.
     """
 
     def __init__(
@@ -73,13 +89,15 @@ class Classifier(L.LightningModule):
         weight_decay: float,
         lr_schedule: str,
         milestones: list[int] | None,
-        mean_per_class: bool,
+        metric: str = "top1",
     ) -> None:
         super().__init__()
         if freeze not in FREEZE_MODES:
             raise S3LError(f"unknown freeze '{freeze}': use one of {', '.join(FREEZE_MODES)}")
         if fc_init not in FC_INITS:
             raise S3LError(f"unknown fc_init '{fc_init}': use one of {', '.join(FC_INITS)}")
+        if metric not in METRICS:
+            raise S3LError(f"unknown metric '{metric}': use one of {', '.join(METRICS)}")
         self.save_hyperparameters()
         self.backbone = build_backbone(architecture, stem)
         self.fc = nn.Linear(self.backbone.feature_dim, num_classes)
@@ -88,10 +106,20 @@ class Classifier(L.LightningModule):
             nn.init.normal_(self.fc.weight, mean=0.0, std=0.01)
             nn.init.zeros_(self.fc.bias)
         self._freeze(freeze)
-        self.val_acc1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
-        self.val_acc5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro")
-        self.val_acc_per_class = MulticlassAccuracy(num_classes, average="macro") if mean_per_class else None
-        self.best_acc1, self.best_epoch, self.last_acc1 = 0.0, -1, 0.0
+        single_label = metric != "map"
+        self.val_acc1 = MulticlassAccuracy(num_classes, top_k=1, average="micro") if single_label else None
+        top5 = min(5, num_classes)
+        self.val_acc5 = MulticlassAccuracy(num_classes, top_k=top5, average="micro") if single_label else None
+        self.val_acc_per_class = (
+            MulticlassAccuracy(num_classes, average="macro") if metric == "mean_per_class" else None
+        )
+        # Multi-label validation: each batch's logits and targets, for the epoch's mAP.
+        self._val_scores: list[Tensor] = []
+        self._val_targets: list[Tensor] = []
+        self.metric_name = metric
+        self.best_score, self.best_epoch, self.last_score = 0.0, -1, 0.0
+        # Top-1 is undefined for multi-label targets.
+        self.best_acc1, self.last_acc1 = (0.0, 0.0) if single_label else (None, None)
         self._frozen_reference: dict[str, Tensor] = {}
         self.train()
 
@@ -124,24 +152,31 @@ class Classifier(L.LightningModule):
         images, labels = batch
         mixed, labels, labels_perm, lam = mixup_batch(images, labels, self.hparams.mixup_alpha)
         logits = self(mixed)
-        loss = mixup_loss(logits, labels, labels_perm, lam)
-        # Against the unmixed labels, as upstream.
-        acc1 = (logits.argmax(dim=1) == labels).float().mean()
+        criterion = multilabel_bce if self.metric_name == "map" else F.cross_entropy
+        loss = mixup_loss(logits, labels, labels_perm, lam, criterion)
         size = labels.shape[0]
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=size)
-        self.log("train/acc1", acc1, on_step=False, on_epoch=True, batch_size=size)
+        if self.metric_name != "map":
+            # Against the unmixed labels, as upstream.
+            acc1 = (logits.argmax(dim=1) == labels).float().mean()
+            self.log("train/acc1", acc1, on_step=False, on_epoch=True, batch_size=size)
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=size)
         return loss
 
     def _val_metrics(self) -> dict[str, MulticlassAccuracy]:
-        metrics = {"val/acc1": self.val_acc1, "val/acc5": self.val_acc5}
-        if self.val_acc_per_class is not None:
-            metrics["val/acc_per_class"] = self.val_acc_per_class
-        return metrics
+        metrics = {
+            "val/acc1": self.val_acc1,
+            "val/acc5": self.val_acc5,
+            "val/acc_per_class": self.val_acc_per_class,
+        }
+        return {name: metric for name, metric in metrics.items() if metric is not None}
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         images, labels = batch
         logits = self(images)
+        if self.metric_name == "map":
+            self._val_scores.append(logits.detach())
+            self._val_targets.append(labels)
         for metric in self._val_metrics().values():
             metric.update(logits, labels)
 
@@ -150,25 +185,44 @@ class Classifier(L.LightningModule):
         values = {name: float(metric.compute()) for name, metric in self._val_metrics().items()}
         for metric in self._val_metrics().values():
             metric.reset()
+        if self.metric_name == "map":
+            values.update(self._map_values())
         if self.trainer.sanity_checking:
             return
-        self.track_acc1(values["val/acc1"], self.current_epoch)
-        self.log_dict({**values, "val/acc1_best": self.best_acc1})
+        self.track(values, self.current_epoch)
+        tracked = {"val/score": self.last_score, "val/score_best": self.best_score}
+        if self.best_acc1 is not None:
+            tracked["val/acc1_best"] = self.best_acc1
+        self.log_dict({**values, **tracked})
 
-    def track_acc1(self, acc1: float, epoch: int) -> None:
-        """Record one epoch's test top-1 as the last one, and as the best one if it beats the rest."""
-        self.last_acc1 = acc1
-        if self.best_epoch < 0 or acc1 > self.best_acc1:
-            self.best_acc1, self.best_epoch = acc1, epoch
+    def _map_values(self) -> dict[str, float]:
+        """The epoch's area and 11-point VOC mAP over all processes' collected scores; empties the lists."""
+        scores, targets = torch.cat(self._val_scores), torch.cat(self._val_targets)
+        self._val_scores, self._val_targets = [], []
+        if self.trainer.world_size > 1:
+            scores, targets = self.all_gather(scores).flatten(0, 1), self.all_gather(targets).flatten(0, 1)
+        return {"val/map": voc_map(scores, targets, "area"), "val/map11": voc_map(scores, targets, "11point")}
+
+    def track(self, values: dict[str, float], epoch: int) -> None:
+        """Record an epoch's headline score (and top-1 if in `values`) as the last, and the best if best."""
+        self.last_score = values[SCORE_KEYS[self.metric_name]]
+        if self.best_epoch < 0 or self.last_score > self.best_score:
+            self.best_score, self.best_epoch = self.last_score, epoch
+        if "val/acc1" in values:
+            self.last_acc1 = values["val/acc1"]
+            self.best_acc1 = max(self.best_acc1, self.last_acc1)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["best_acc1"], checkpoint["best_epoch"] = self.best_acc1, self.best_epoch
         checkpoint["last_acc1"] = self.last_acc1
+        checkpoint["best_score"], checkpoint["last_score"] = self.best_score, self.last_score
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.best_acc1 = checkpoint.get("best_acc1", self.best_acc1)
         self.best_epoch = checkpoint.get("best_epoch", self.best_epoch)
         self.last_acc1 = checkpoint.get("last_acc1", self.last_acc1)
+        self.best_score = checkpoint.get("best_score", self.best_score)
+        self.last_score = checkpoint.get("last_score", self.last_score)
 
     def configure_optimizers(self) -> dict:
         hp = self.hparams

@@ -5,7 +5,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from s3l.checkpoints import read_backbone_state
 from s3l.errors import S3LError
-from s3l.stages.classify import Classifier, mixup_batch, mixup_loss
+from s3l.metrics import voc_map
+from s3l.stages.classify import Classifier, mixup_batch, mixup_loss, multilabel_bce
 
 STAGES = {
     "finetune": {"freeze": "none", "fc_init": "default", "bn_frozen": False, "mixup_alpha": 1.0},
@@ -24,7 +25,6 @@ def _classifier(stage: str, **overrides) -> Classifier:
         "weight_decay": 5e-4,
         "lr_schedule": "constant",
         "milestones": None,
-        "mean_per_class": False,
         **STAGES[stage],
         **overrides,
     }
@@ -36,6 +36,15 @@ def _loader(n: int = 16, seed: int = 0) -> DataLoader:
     images = torch.randn(n, 3, 16, 16, generator=generator)
     labels = torch.randint(0, 3, (n,), generator=generator)
     return DataLoader(TensorDataset(images, labels), batch_size=8)
+
+
+def _multilabel_loader(n: int = 8, seed: int = 0) -> DataLoader:
+    """Random images with int8 targets over 3 labels (1 present, 0 absent, -1 difficult-only), each class present."""
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randn(n, 3, 16, 16, generator=generator)
+    targets = torch.randint(-1, 2, (n, 3), generator=generator, dtype=torch.int8)
+    targets[torch.arange(3), torch.arange(3)] = 1
+    return DataLoader(TensorDataset(images, targets), batch_size=4)
 
 
 def _trainer(**overrides) -> L.Trainer:
@@ -148,17 +157,40 @@ def test_mixup_loss_weights_both_labels_by_lambda():
 def test_best_and_last_accuracy_follow_the_epochs_and_survive_a_checkpoint():
     model = _classifier("finetune")
     for epoch, acc1 in enumerate([0.2, 0.5, 0.4]):
-        model.track_acc1(acc1, epoch)
+        model.track({"val/acc1": acc1, "val/acc5": 1.0}, epoch)
     assert (model.best_acc1, model.best_epoch, model.last_acc1) == (0.5, 1, 0.4)
+    assert (model.metric_name, model.best_score, model.last_score) == ("top1", 0.5, 0.4)
     checkpoint: dict = {}
     model.on_save_checkpoint(checkpoint)
     resumed = _classifier("finetune")
     resumed.on_load_checkpoint(checkpoint)
     assert (resumed.best_acc1, resumed.best_epoch, resumed.last_acc1) == (0.5, 1, 0.4)
+    assert (resumed.best_score, resumed.last_score) == (0.5, 0.4)
+
+
+def test_best_epoch_follows_the_headline_score_while_top1_keeps_its_own_best():
+    model = _classifier("finetune", metric="mean_per_class")
+    model.track({"val/acc1": 0.5, "val/acc_per_class": 0.3}, 0)
+    model.track({"val/acc1": 0.4, "val/acc_per_class": 0.35}, 1)
+    assert (model.best_score, model.best_epoch, model.last_score) == (0.35, 1, 0.35)
+    assert (model.best_acc1, model.last_acc1) == (0.5, 0.4)
+
+
+def test_map_score_follows_the_epochs_and_survives_a_checkpoint():
+    model = _classifier("finetune", metric="map", stem="cifar")
+    for epoch, area in enumerate([0.3, 0.6, 0.5]):
+        model.track({"val/map": area, "val/map11": area + 0.01}, epoch)
+    assert (model.best_score, model.best_epoch, model.last_score) == (0.6, 1, 0.5)
+    assert model.best_acc1 is None and model.last_acc1 is None  # top-1 has no meaning for multi-label targets
+    checkpoint: dict = {}
+    model.on_save_checkpoint(checkpoint)
+    resumed = _classifier("finetune", metric="map", stem="cifar")
+    resumed.on_load_checkpoint(checkpoint)
+    assert (resumed.best_score, resumed.best_epoch, resumed.last_score) == (0.6, 1, 0.5)
 
 
 def test_validation_logs_test_accuracies_of_the_final_model():
-    model = _classifier("finetune", mean_per_class=True)
+    model = _classifier("finetune", metric="mean_per_class")
     val = _loader(n=12, seed=1)
     trainer = _trainer(max_steps=-1, max_epochs=2, num_sanity_val_steps=1)
     L.seed_everything(0)
@@ -177,6 +209,39 @@ def test_validation_logs_test_accuracies_of_the_final_model():
     assert metrics["val/acc_per_class"].item() == pytest.approx(sum(per_class) / len(per_class))
     assert model.best_epoch in (0, 1) and model.best_acc1 >= model.last_acc1
     assert metrics["val/acc1_best"].item() == pytest.approx(model.best_acc1)
+    assert metrics["val/score"].item() == pytest.approx(metrics["val/acc_per_class"].item())
+    assert metrics["val/score_best"].item() == pytest.approx(model.best_score)
+
+
+def test_multilabel_classifier_trains_with_bce_and_validates_with_voc_map():
+    model = _classifier("finetune", metric="map", stem="cifar")
+    val = _multilabel_loader(seed=1)
+    trainer = _trainer(max_steps=-1, max_epochs=1)
+    L.seed_everything(0)
+    trainer.fit(model, train_dataloaders=_multilabel_loader(), val_dataloaders=val)
+
+    images, targets = val.dataset.tensors
+    model.eval()
+    with torch.no_grad():
+        scores = model(images)
+    metrics = trainer.callback_metrics
+    assert torch.isfinite(metrics["train/loss_epoch"])
+    assert metrics["val/map"].item() == pytest.approx(voc_map(scores, targets, "area"), abs=1e-6)
+    assert metrics["val/map11"].item() == pytest.approx(voc_map(scores, targets, "11point"), abs=1e-6)
+    assert metrics["val/score"].item() == pytest.approx(metrics["val/map"].item())
+    assert model.last_score == model.best_score == pytest.approx(metrics["val/map"].item())
+    assert not {"train/acc1", "val/acc1", "val/acc5", "val/acc1_best"} & metrics.keys()
+
+
+def test_multilabel_loss_counts_difficult_labels_present_and_mixes_like_cross_entropy():
+    logits = torch.tensor([[2.0, -1.0, 0.5], [0.0, 1.0, -2.0]])
+    y = torch.tensor([[1, -1, 0], [0, 1, 1]], dtype=torch.int8)
+    present = torch.tensor([[1.0, 1.0, 0.0], [0.0, 1.0, 1.0]])
+    bce = -(present * logits.sigmoid().log() + (1 - present) * (1 - logits.sigmoid()).log()).mean()
+    assert multilabel_bce(logits, y).item() == pytest.approx(bce.item(), rel=1e-6)
+    y_perm = y.flip(0)
+    expected = 0.3 * multilabel_bce(logits, y) + 0.7 * multilabel_bce(logits, y_perm)
+    assert mixup_loss(logits, y, y_perm, 0.3, multilabel_bce).item() == pytest.approx(expected.item())
 
 
 def test_sanity_check_validation_is_not_tracked():
@@ -195,11 +260,16 @@ def test_unknown_freeze_mode_lists_valid_ones():
         _classifier("finetune", freeze="layer3")
 
 
+def test_unknown_metric_lists_valid_ones():
+    with pytest.raises(S3LError, match="top1, mean_per_class, map"):
+        _classifier("finetune", metric="top5")
+
+
 def test_lightning_checkpoint_reads_back_as_backbone_weights_and_resumes_best_accuracy(tmp_path):
     model = _classifier("warmup", milestones=[60, 80], lr_schedule="step")
     trainer = _trainer()
     trainer.fit(model, train_dataloaders=_loader())
-    model.track_acc1(0.75, 0)
+    model.track({"val/acc1": 0.75}, 0)
     path = tmp_path / "last.ckpt"
     trainer.save_checkpoint(path)
 
