@@ -171,6 +171,10 @@ def _problem(value: Any, annotation: Any, key: str) -> str | None:
         if not isinstance(value, ListConfig | list):
             return f"{key}={_show(value)} must be a list"
         return next((p for i, item in enumerate(value) if (p := _problem(item, args[0], f"{key}[{i}]"))), None)
+    if origin is dict:  # free keys (e.g. a root per dataset name), each value checked
+        if not isinstance(value, DictConfig | dict):
+            return f"{key}={_show(value)} must be a group of settings"
+        return next((p for name, item in value.items() if (p := _problem(item, args[1], f"{key}.{name}"))), None)
     if origin is tuple:  # a fixed number of items, e.g. tuple[float, float] for a (low, high) range
         if not isinstance(value, ListConfig | list | tuple) or len(value) != len(args):
             return f"{key}={_show(value)} must be a list of {len(args)} items"
@@ -211,6 +215,8 @@ def _expected(annotation: Any) -> str:
         return "one of " + ", ".join(dict.fromkeys(str(a) for a in args))
     if origin in (list, tuple):
         return "a list"
+    if origin is dict:
+        return "a group of settings"
     names = {int: "an integer", float: "a number", bool: "true or false", str: "a string", type(None): "null"}
     return names.get(annotation, getattr(annotation, "__name__", str(annotation)))
 

@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 from hydra.utils import get_method
 from omegaconf import DictConfig
 
+from s3l.data.datasets import dataset_class
 from s3l.data.views import Augmentation
 from s3l.errors import S3LError
 from s3l.methods.base import STAGE_SUPPLIED, method_class
@@ -27,11 +28,13 @@ from s3l.schema import (
     UnitFloat,
     check,
 )
-from s3l.stages.classify import FC_INITS, FREEZE_MODES
+from s3l.stages.base import stage_class
+from s3l.stages.classify import FC_INITS, FREEZE_MODES, METRICS
 
 # Lightning's precision names (Trainer(precision=...)).
 Precision = Literal["32-true", "32", 32, "16-mixed", "16", 16, "bf16-mixed", "bf16", "16-true", "bf16-true",
                     "64-true", "64", 64]
+TrainCrop = Literal["random_crop", "random_resized_crop"]
 # limit_*_batches: a number of batches, or a fraction of them.
 BatchLimit = PositiveInt | Annotated[float, Range(0, 1, low_inclusive=False)] | None
 
@@ -49,19 +52,39 @@ class ResolutionSettings:
 
 
 @dataclass
+class ProtocolSettings:
+    """One evaluation protocol of a dataset (the upstream classification_benchmark script's settings)."""
+
+    lr: PositiveFloat
+    epochs: PositiveInt
+    lr_schedule: LRSchedule
+    milestones: list[PositiveInt] | None
+    weight_decay: NonNegativeFloat
+    train_crop: TrainCrop
+    bn_frozen: bool
+
+
+@dataclass
+class DatasetProtocols:
+    finetune: ProtocolSettings
+    linear: ProtocolSettings
+
+
+@dataclass
 class DatasetSettings:
+    """What every dataset YAML holds besides its class's own settings (root, bad_images, subset, ...)."""
+
     name: str
-    root: str | None
+    num_classes: PositiveInt | None  # the full dataset's classes (a partial copy has fewer: the classes found count)
+    metric: Literal[METRICS]  # type: ignore[valid-type]
+    protocol: DatasetProtocols
     eval_resolution: PositiveInt
-    bad_images: Literal["skip", "fail"]
     num_workers: NonNegativeInt
     cache: bool
     augment_on: Literal["workers", "device"]
     resident: bool
     resident_memory_fraction: Annotated[float, Range(0, 1, low_inclusive=False)]
-    cache_dir: str | None = None  # file-backed datasets
-    subset: str | None = None  # file-backed datasets: a subset.json (s3l.data.subset)
-    image_size: PositiveInt | None = None  # the embedded digits
+    cache_dir: str | None = None  # datasets the resized-image cache can serve
 
 
 @dataclass
@@ -121,12 +144,52 @@ class ClassifySettings(StageSettings):
     freeze: Literal[FREEZE_MODES]  # type: ignore[valid-type]
     fc_init: Literal[FC_INITS]  # type: ignore[valid-type]
     bn_frozen: bool
-    train_crop: Literal["random_crop", "random_resized_crop"]
-    mean_per_class: bool
+    train_crop: TrainCrop
 
 
-STAGE_SETTINGS = {"pretrain": PretrainSettings, "finetune": ClassifySettings, "warmup": ClassifySettings,
-                  "linear": ClassifySettings}
+@dataclass
+class EvaluationSettings:
+    """What every evaluation stage has: the backbone it reads and how it embeds the images."""
+
+    kind: str
+    init: str | None
+    architecture: Architecture
+    resolution: PositiveInt
+    batch_size: PositiveInt
+
+
+@dataclass
+class HeadSettings:
+    """Linear classifiers trained on cached features (SGD, cosine LR)."""
+
+    epochs: PositiveInt
+    lr: PositiveFloat
+    weight_decay: NonNegativeFloat
+
+
+@dataclass
+class ProbeSettings(EvaluationSettings, HeadSettings):
+    stages: list[Literal["conv2", "conv3", "conv4", "conv5"]] | None
+    head_batch_size: PositiveInt
+
+
+@dataclass
+class KShotSettings(EvaluationSettings, HeadSettings):
+    shots: list[PositiveInt]
+    seeds: list[NonNegativeInt]
+    classifier: Literal["linear", "knn"]
+
+
+@dataclass
+class KNNStageSettings(EvaluationSettings):
+    k: PositiveInt
+    temperature: PositiveFloat
+
+
+@dataclass
+class FeaturesSettings(EvaluationSettings):
+    map: Literal["tsne", "umap", "none"]
+    max_points: PositiveInt
 
 
 @dataclass
@@ -180,6 +243,7 @@ class PathSettings:
     root_dir: str
     log_dir: str
     output_dir: str
+    datasets: dict[str, str | None]
 
 
 @dataclass
@@ -190,13 +254,13 @@ class RunSettings:
     seed: int
     resume: bool
     print_config: bool
+    backbone: str | None = None  # the transfer experiments: the backbone their stages start from
 
 
-GROUPS = {"architecture": ArchitectureSettings, "resolution": ResolutionSettings, "dataset": DatasetSettings,
-          "augmentation": Augmentation, "trainer": TrainerSettings, "callbacks": CallbackSettings,
+GROUPS = {"architecture": ArchitectureSettings, "resolution": ResolutionSettings, "augmentation": Augmentation, "trainer": TrainerSettings, "callbacks": CallbackSettings,
           "logger": LoggerSettings, "paths": PathSettings}
 # Top-level keys that are not settings of the run itself (method and optimizer: checked against their classes).
-STRUCTURE = ("chain", "stage", "stages", "method", "optimizer", *GROUPS)
+STRUCTURE = ("chain", "stage", "stages", "method", "optimizer", "dataset", *GROUPS)
 HYDRA_KEYS = ("_target_", "_partial_")
 
 
@@ -212,8 +276,9 @@ def optimizer_function(optimizer: DictConfig):
 def check_settings(cfg: DictConfig, stage_keys: list[tuple[str, DictConfig]]) -> None:
     """Check the top level, every group and every stage of the chain against their schemas (one line each).
 
-    The method's YAML is checked against its class's typed arguments (and the recipe), the optimizer's against
-    its function's: a setting added to a method or an optimizer is checked by being declared there.
+    The method's and the dataset's YAML are checked against their class's typed arguments (and what every
+    method or dataset has), the optimizer's against its function's, a stage's against its class's `Settings`:
+    a setting added to one of them is checked by being declared there.
     """
     check(cfg, RunSettings, "", ignore=STRUCTURE)
     for group, schema in GROUPS.items():
@@ -223,9 +288,9 @@ def check_settings(cfg: DictConfig, stage_keys: list[tuple[str, DictConfig]]) ->
           what=f"method {cfg.method.name} ({cls.__module__}.{cls.__qualname__})")
     check(cfg.optimizer, optimizer_function(cfg.optimizer), "optimizer", ignore=HYDRA_KEYS,
           supplied=("groups", "lr", "momentum", "weight_decay"))
+    dataset = dataset_class(cfg.dataset)
+    check(cfg.dataset, [DatasetSettings, dataset], "dataset", ignore=HYDRA_KEYS, supplied=("split",),
+          what=f"dataset {cfg.dataset.name} ({dataset.__module__}.{dataset.__qualname__})")
     for key, stage in stage_keys:
-        kind = stage.get("kind")
-        if kind not in STAGE_SETTINGS:
-            raise S3LError(f"{key}.kind={kind} is not a stage kind; valid kinds: {', '.join(STAGE_SETTINGS)}")
-        check(stage, STAGE_SETTINGS[kind], key)
+        check(stage, stage_class(stage, key).Settings, key, ignore=HYDRA_KEYS)
 

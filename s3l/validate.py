@@ -8,47 +8,34 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from s3l.config import StageSpec, stage_epochs
-from s3l.data.subset import read_subset
+from s3l.config import StageSpec
+from s3l.data.datasets import check_dataset_config
 from s3l.errors import S3LError
-from s3l.methods.base import method_class
-from s3l.models.resnet import full_architecture
 from s3l.settings import check_settings
-
-DATASETS_WITH_ROOT = ("cub200", "imagefolder")
+from s3l.stages.base import build_stage, stage_class
 
 
 def validate_config(cfg: DictConfig, specs: list[StageSpec]) -> None:
     """Checks that need only the config (and the file system for paths)."""
+    missing = [key for key in cfg if OmegaConf.is_missing(cfg, key)]  # `???` in an experiment: the user's part
+    if missing:
+        shown = missing[0]
+        raise S3LError(f"{shown} is required by this experiment and not set: pass {shown}=..."
+                       + (" (a backbone.pt, a stage directory, a .ckpt or an original S3L/MoCo checkpoint)"
+                          if shown == "backbone" else ""))
     if not specs:
         raise S3LError("the chain is empty: set chain=[...] or pick a stage with stage=<name>")
     check_settings(cfg, [(spec.key, spec.cfg) for spec in specs])
     _validate_accelerator(cfg.trainer)
-    if cfg.dataset.name in DATASETS_WITH_ROOT and not cfg.dataset.root:
-        raise S3LError(
-            f"dataset.root is not set for dataset={cfg.dataset.name}: pass dataset.root=/path/to/"
-            + ("CUB_200_2011" if cfg.dataset.name == "cub200" else "folder_with_train_and_val")
-        )
-    if cfg.dataset.resident and cfg.dataset.name not in DATASETS_WITH_ROOT:
-        raise S3LError(
-            "dataset.resident=true loads the resized-image cache of a dataset read from files "
-            f"({', '.join(DATASETS_WITH_ROOT)}), not dataset={cfg.dataset.name}: set dataset.resident=false"
-        )
-    if cfg.dataset.get("subset") is not None:
-        if cfg.dataset.name not in DATASETS_WITH_ROOT:
-            raise S3LError(
-                f"dataset.subset keeps listed files of a dataset read from files ({', '.join(DATASETS_WITH_ROOT)}),"
-                f" not dataset={cfg.dataset.name}: set dataset.subset=null"
-            )
-        read_subset(cfg.dataset.subset)  # a missing or malformed list fails now, before any image is read
+    check_dataset_config(cfg.dataset)
     _validate_first_init(specs[0])
     for spec in specs:
         _validate_stage(cfg, spec)
     for previous, spec in zip(specs, specs[1:]):
         if spec.cfg.init == "previous":
-            _validate_handover(previous, spec)
+            build_stage(cfg, spec).check_handover(previous)
 
 
 def _validate_stage(cfg: DictConfig, spec: StageSpec) -> None:
@@ -58,14 +45,12 @@ def _validate_stage(cfg: DictConfig, spec: StageSpec) -> None:
             f"{key}.init={s.init} does not exist: give a backbone.pt, a stage directory, a .ckpt or an "
             "original S3L/MoCo checkpoint (or init=null for random initialisation)"
         )
-    if s.kind == "pretrain":
-        _validate_warmup(cfg, spec)
-        method_class(cfg.method).check_config(cfg.method, spec)
+    build_stage(cfg, spec).check_config()
 
 
 def _validate_first_init(first: StageSpec) -> None:
     """Only pretraining may start from nothing: a probe or fine-tuning of random weights is never implied."""
-    if first.cfg.init == "previous" and first.cfg.kind != "pretrain":
+    if first.cfg.init == "previous" and not stage_class(first.cfg, first.key).starts_from_nothing:
         raise S3LError(
             f"{first.key}.init=previous but {first.key} is the first stage: pass {first.key}.init=/path/to/"
             "backbone.pt (or a stage directory, a .ckpt, an original S3L/MoCo checkpoint), or "
@@ -90,39 +75,6 @@ def _validate_accelerator(trainer: DictConfig) -> None:
             f"trainer.devices={devices} asks for {wanted} GPUs but this machine has {available}: "
             f"use trainer.devices={available} (or fewer)"
         )
-
-
-def _validate_warmup(cfg: DictConfig, spec: StageSpec) -> None:
-    epochs = stage_epochs(cfg, spec)
-    if spec.cfg.warmup_epochs >= epochs:
-        capped = f" (trainer.max_epochs={cfg.trainer.max_epochs})" if epochs < spec.cfg.epochs else ""
-        raise S3LError(
-            f"{spec.key}.warmup_epochs={spec.cfg.warmup_epochs} leaves nothing of the {epochs} epochs this stage "
-            f"trains{capped}: lower it, e.g. method.warmup_epochs=0"
-        )
-
-
-def _validate_handover(previous: StageSpec, spec: StageSpec) -> None:
-    """The previous stage's network must fit this one (custom -> full only through the conv5 warm-up)."""
-    before, now = previous.cfg.architecture, spec.cfg.architecture
-    if spec.cfg.kind == "warmup":
-        if now != full_architecture(before):
-            raise S3LError(
-                f"{spec.key}: the conv5 warm-up grows {before} into {full_architecture(before)}, "
-                f"but {spec.key}.architecture={now}; set it to {full_architecture(before)}"
-            )
-        return
-    if now == before:
-        return
-    if now == full_architecture(before):
-        raise S3LError(
-            f"{spec.key} ({now}) cannot start from {previous.key} ({before}, no conv5): add a warm-up stage "
-            f"between them (chain=small_architecture) or set {spec.key}.architecture={before}"
-        )
-    raise S3LError(
-        f"{spec.key}.architecture={now} cannot start from {previous.key}.architecture={before}: "
-        "chained stages must use the same network"
-    )
 
 
 def validate_world(spec: StageSpec, world_size: int) -> None:

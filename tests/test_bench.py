@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from s3l.data.datasets import build_dataset
+from s3l.data.datasets import CUB200
 from s3l.data.views import view_specs
 from tests.data.test_views import preset
 
@@ -100,7 +100,7 @@ def test_profile_times_each_view_of_asymmetric_views_with_its_own_spec():
     from s3l.bench.data import pipeline
     from s3l.bench.profile import LAST_OPS, ORDER, one_pass
 
-    dataset = build_dataset("cub200", str(CUB), "train", "skip")
+    dataset = CUB200(str(CUB), "train")
     datasets = {"original": dataset, 32: dataset}
     for name in ("original", "fast", "device"):
         _, transform, collate = pipeline(name, datasets, 32, preset("byol"))

@@ -7,9 +7,11 @@ import pytest
 from omegaconf import OmegaConf
 
 from s3l.config import stage_specs
+from s3l.data.datasets import dataset_class
 from s3l.errors import S3LError
 from s3l.schema import PositiveInt, Range, UnitFloat, check
-from s3l.settings import GROUPS, STAGE_SETTINGS
+from s3l.settings import GROUPS, DatasetSettings
+from s3l.stages.base import stage_class
 from s3l.validate import validate_config
 from tests.conftest import CONFIGS, CUB_SUBSET
 
@@ -81,9 +83,12 @@ def test_every_shipped_group_option_and_stage_template_fits_its_schema(compose_c
         for path in (CONFIGS / group).glob("*.yaml"):
             cfg = compose_cfg(f"{group}={path.stem}")
             check(cfg[group], schema, group)
+    for path in (CONFIGS / "dataset").glob("*.yaml"):
+        dataset = compose_cfg(f"dataset={path.stem}").dataset
+        check(dataset, [DatasetSettings, dataset_class(dataset)], "dataset", ignore=("_target_",), supplied=("split",))
     for path in (CONFIGS / "stage").glob("*.yaml"):
         stage = compose_cfg(f"stage={path.stem}").stage
-        check(stage, STAGE_SETTINGS[stage.kind], "stage")
+        check(stage, stage_class(stage, "stage").Settings, "stage", ignore=("_target_",))
 
 
 @pytest.mark.parametrize(("overrides", "message"), [

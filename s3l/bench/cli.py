@@ -22,7 +22,7 @@ from s3l.bench.report import markdown
 from s3l.bench.training import CONFIGS, bench_epoch, bench_train, pretrain_config
 from s3l.config import check_group_options
 from s3l.data.cache import CachedImages, build_resized_cache, cache_short_side
-from s3l.data.datasets import build_dataset
+from s3l.data.datasets import CUB200
 from s3l.data.views import ViewSpec, smallest_min_scale, view_specs
 
 SECTIONS = ("data", "profile", "train", "epoch", "e2e")
@@ -114,7 +114,7 @@ def machine() -> dict:
 def build_caches(args: argparse.Namespace, views: tuple[ViewSpec, ViewSpec],
                  scratch: Path) -> tuple[dict, list[dict]]:
     """The train split read from files, and its resized cache for each resolution (build time measured)."""
-    original = build_dataset("cub200", args.root, "train", "skip")
+    original = CUB200(args.root, "train")
     datasets: dict = {"original": original}
     builds = []
     for resolution in args.resolutions:

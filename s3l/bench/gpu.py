@@ -41,7 +41,7 @@ from s3l.bench.data import bench_device, window_marks, window_rates
 from s3l.bench.gpu_report import docs_section, markdown, projection, rewrite_docs, targets
 from s3l.bench.gpu_runs import forward_run, stage_run
 from s3l.bench.training import isolated, pretrain_config
-from s3l.data.datasets import build_dataset
+from s3l.data.datasets import CUB200
 from s3l.data.resident import ResidentImages
 from s3l.data.views import view_specs
 from s3l.errors import S3LError
@@ -204,7 +204,7 @@ def measure(s: argparse.Namespace) -> dict:
     cfg, _ = pretrain_config(s.arch, s.recipe_resolution, s, s.scratch, None)
     caches = argparse.Namespace(root=s.root, resolutions=s.resolutions)
     datasets, builds = build_caches(caches, view_specs(cfg.augmentation), s.scratch)
-    datasets["test"] = build_dataset("cub200", s.root, "test", "skip")
+    datasets["test"] = CUB200(s.root, "test")
     others = [r for r in s.resolutions if r != s.recipe_resolution]
     pretrain = pretrain_rows(s, s.recipe_resolution, datasets)
     busy = busy_row(s, pretrain, datasets)

@@ -23,7 +23,8 @@ from s3l.callbacks.cost import peak_memory_mb
 from s3l.config import StageSpec, stage_specs
 from s3l.data.transforms import eval_transform
 from s3l.errors import S3LError
-from s3l.stages.build import build_cost_meter, build_datamodule, build_module, build_trainer
+from s3l.stages.base import build_stage
+from s3l.stages.build import build_trainer
 from s3l.validate import validate_config
 
 
@@ -127,14 +128,15 @@ def stage_run(args: argparse.Namespace, kind: str, resolution: int, data: str, d
     peak memory, and with `profile_steps` the busy fraction of that many batches after the last window."""
     cfg, spec = stage_config(args, kind, resolution, data, run_dir)
     train, test = datasets["original"], datasets["test"]
-    module = prepare_model(build_module(cfg, spec, len(train.classes), world_size=1), args)
+    stage = build_stage(cfg, spec)
+    module = prepare_model(stage.build_module(train, world_size=1), args)
     marks = window_marks(args)
     windows = StepWindows(marks, marks[-1] + profile_steps)
     busy = BusyWindow(marks[-1], marks[-1] + profile_steps)
-    callbacks = [build_cost_meter(cfg, spec), windows] + ([busy] if profile_steps else [])
+    callbacks = [stage.cost_meter(), windows] + ([busy] if profile_steps else [])
     L.seed_everything(0, verbose=False)
     trainer = build_trainer(cfg, spec, run_dir, callbacks, None)
-    trainer.fit(module, datamodule=build_datamodule(cfg, spec, train, test))
+    trainer.fit(module, datamodule=stage.build_datamodule(train, test))
     if windows.batches < marks[-1]:
         raise S3LError(f"the fit ended after {windows.batches} batches, before its last window ({marks[-1]})")
     return {"times": windows.times, "peak_memory_mb": peak_memory_mb(), "busy": busy.result}
@@ -146,7 +148,7 @@ def forward_run(args: argparse.Namespace, resolution: int, batch: int, datasets:
     is resident; the same precision and memory layout as training."""
     cfg, spec = stage_config(args, "finetune", resolution, "original", run_dir)
     device = bench_device()
-    module = build_module(cfg, spec, len(datasets["original"].classes), world_size=1)
+    module = build_stage(cfg, spec).build_module(datasets["original"], world_size=1)
     module = prepare_model(module, args).to(device).eval()
     test, transform = datasets["test"], eval_transform(resolution)
     images = torch.stack([transform(test[i % len(test)][0]) for i in range(batch)]).to(device)

@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
     from s3l.callbacks.knn import embed, weighted_knn_predict
     from s3l.data.cache import CachedImages, build_resized_cache, cache_short_side
     from s3l.data.datamodule import Transformed, pretrain_transform
-    from s3l.data.datasets import build_dataset
+    from s3l.data.datasets import CUB200
     from s3l.data.transforms import eval_transform
     from s3l.data.views import smallest_min_scale, view_specs
     from s3l.optim import build_sgd
@@ -92,8 +92,8 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.perf_counter()
     torch.manual_seed(0)
     views = view_specs(OmegaConf.load(CONFIGS / "augmentation" / "mocov2.yaml"))
-    train = build_dataset("cub200", args.root, "train", "skip")
-    test = build_dataset("cub200", args.root, "test", "skip")
+    train = CUB200(args.root, "train")
+    test = CUB200(args.root, "test")
     cached = CachedImages(build_resized_cache(
         train, cache_short_side(args.resolution, smallest_min_scale(views)), args.cache_dir))
     transform, collate = pretrain_transform(args.resolution, views, fast=True)

@@ -33,7 +33,8 @@ from s3l.data.device_augment import realize_views
 from s3l.data.views import view_specs
 from s3l.methods.base import SSLMethod
 from s3l.optim import build_sgd
-from s3l.stages.build import build_cost_meter, build_module, build_trainer
+from s3l.stages.base import build_stage
+from s3l.stages.build import build_trainer
 from s3l.validate import validate_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -113,9 +114,10 @@ def lightning_run(job: dict) -> dict:
     args, run_dir = job["args"], Path(job["run_dir"])
     marks = window_marks(args) if job["batches"] else []
     cfg, spec = pretrain_config(job["arch"], job["resolution"], args, run_dir, job["batches"], job["method"])
-    module = prepare_model(build_module(cfg, spec, len(job["datasets"]["original"].classes), world_size=1), args)
+    stage = build_stage(cfg, spec)
+    module = prepare_model(stage.build_module(job["datasets"]["original"], world_size=1), args)
     timer = WindowTimer(marks)
-    trainer = build_trainer(cfg, spec, run_dir, [build_cost_meter(cfg, spec), timer], None)
+    trainer = build_trainer(cfg, spec, run_dir, [stage.cost_meter(), timer], None)
     loader = make_loader(*pipeline(job["data"], job["datasets"], job["resolution"], view_specs(cfg.augmentation)),
                          args.batch, args.workers, job["batches"])
     start = time.perf_counter()
@@ -131,7 +133,7 @@ def plain_run(job: dict) -> dict:
     marks = set(window_marks(args)) if job["batches"] else set()
     cfg, spec = pretrain_config(job["arch"], job["resolution"], args, run_dir, job["batches"], job["method"])
     device = bench_device()
-    module = build_module(cfg, spec, len(job["datasets"]["original"].classes), world_size=1).to(device).train()
+    module = build_stage(cfg, spec).build_module(job["datasets"]["original"], world_size=1).to(device).train()
     module = prepare_model(module, args)
     s = spec.cfg
     optimizer = build_sgd(module.encoder_q.parameters(), s.lr, s.momentum, s.weight_decay)

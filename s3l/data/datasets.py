@@ -10,13 +10,17 @@ is one S3LError naming the file (and line), never a traceback or a silently smal
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import stat
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
+from hydra.utils import get_class
+from omegaconf import DictConfig
 from PIL import Image
 from torch.utils.data import Dataset
 
@@ -27,9 +31,9 @@ from s3l.errors import S3LError
 
 logger = logging.getLogger("s3l.data")
 
-DATASET_NAMES = ("cub200", "imagefolder", "digits")
 SPLITS = ("train", "test")
 BAD_IMAGE_POLICIES = ("skip", "fail")
+BadImages = Literal[BAD_IMAGE_POLICIES]  # type: ignore[valid-type]
 # Files with these extensions are looked at (case-insensitive); anything else in a class folder is ignored.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 # The test split is called val/ by the upstream code (ImageNet style) and test/ by many others.
@@ -47,6 +51,7 @@ class LabelledImages(Dataset):
 
     base: Path
     subset: Subset | None
+    cacheable = True  # integer labels and image files: the resized-image cache and subsets can serve it
 
     def __init__(
         self,
@@ -111,14 +116,17 @@ class ImageFolderSplit(LabelledImages):
     (a partial copy); every class needs a usable image in `train/`.
     """
 
-    def __init__(self, root: str, split: str, bad_images: str, subset: Subset | None = None) -> None:
+    LAYOUT = FOLDER_LAYOUT
+
+    def __init__(self, root: str | None, split: str, bad_images: BadImages = "skip", subset: str | None = None
+                 ) -> None:
         _check_split(split)
         _check_policy(bad_images)
         root_path = _existing_root(root, FOLDER_LAYOUT)
         samples, classes, self.base = _scan_folders(root_path, split, FOLDER_LAYOUT)
-        if subset is not None:
-            samples, classes = subset.keep(samples, classes, self.base, split)
-        self.subset = subset
+        self.subset = None if subset is None else read_subset(subset)
+        if self.subset is not None:
+            samples, classes = self.subset.keep(samples, classes, self.base, split)
         where = f"dataset split '{split}' at '{display_path(self.base)}'"
         super().__init__(samples, classes, bad_images, where, FOLDER_LAYOUT, every_class=split == "train")
 
@@ -133,7 +141,10 @@ class CUB200(LabelledImages):
     in classes.txt (e.g. "001.Black_footed_Albatross", the same as the class folder names).
     """
 
-    def __init__(self, root: str, split: str, bad_images: str, subset: Subset | None = None) -> None:
+    LAYOUT = CUB_LAYOUT
+
+    def __init__(self, root: str | None, split: str, bad_images: BadImages = "skip", subset: str | None = None
+                 ) -> None:
         _check_split(split)
         _check_policy(bad_images)
         root_path = _existing_root(root, CUB_LAYOUT)
@@ -145,9 +156,9 @@ class CUB200(LabelledImages):
         else:
             samples, classes, self.base = _scan_folders(root_path, split, CUB_LAYOUT)
             where = f"dataset split '{split}' at '{display_path(self.base)}'"
-        if subset is not None:
-            samples, classes = subset.keep(samples, classes, self.base, split)
-        self.subset = subset
+        self.subset = None if subset is None else read_subset(subset)
+        if self.subset is not None:
+            samples, classes = self.subset.keep(samples, classes, self.base, split)
         super().__init__(samples, classes, bad_images, where, CUB_LAYOUT, every_class=split == "train")
 
 
@@ -185,24 +196,50 @@ class Digits(Dataset):
         return image.convert("RGB"), self.targets[index]
 
 
-def build_dataset(
-    name: str, root: str | None, split: str, bad_images: str, image_size: int | None = None,
-    subset: str | None = None,
-) -> Dataset:
-    """The dataset `name` (one of DATASET_NAMES) for `split` ("train" or "test").
+def dataset_class(dataset: DictConfig) -> type:
+    """The class that `dataset._target_` names (one S3LError line if it cannot be imported)."""
+    target = dataset.get("_target_")
+    try:
+        cls = get_class(str(target))
+    except Exception as error:  # ImportError, AttributeError, ValueError from Hydra's locate
+        raise S3LError(f"dataset._target_={target} cannot be imported ({error}): name a dataset class, e.g. "
+                       "s3l.data.datasets.CUB200 (or pick a dataset YAML: dataset=cub200)") from None
+    return cls
 
-    digits ignores root and bad_images and needs image_size; the folder datasets ignore image_size and keep
-    only the images listed in the subset.json `subset`, if given (s3l.data.subset).
-    """
-    if name == "digits":
-        return Digits(split, image_size)
-    if name not in DATASET_NAMES:
-        raise S3LError(f"dataset.name '{name}' is unknown: choose one of {', '.join(DATASET_NAMES)}")
-    layout = CUB_LAYOUT if name == "cub200" else FOLDER_LAYOUT
-    if root is None:
-        raise S3LError(f"dataset.root is not set for dataset '{name}': {layout}")
-    dataset_class = CUB200 if name == "cub200" else ImageFolderSplit
-    return dataset_class(root, split, bad_images, None if subset is None else read_subset(subset))
+
+def dataset_settings(cls: type) -> list[str]:
+    """The settings a dataset class reads from its YAML: its constructor's parameters but the split."""
+    return [name for name in inspect.signature(cls).parameters if name != "split"]
+
+
+def build_dataset(dataset: DictConfig, split: str) -> Dataset:
+    """The `split` ("train" or "test") of the dataset that the `dataset` group's YAML describes: its class
+    (`_target_`) built with the settings its constructor declares (root, bad_images, subset, ...)."""
+    _check_split(split)
+    cls = dataset_class(dataset)
+    return cls(split=split, **{name: dataset[name] for name in dataset_settings(cls) if name in dataset})
+
+
+def check_dataset_config(dataset: DictConfig) -> None:
+    """What the dataset's YAML must say before any image is read: its root, and file-backed data for the
+    resized-image cache, resident data and subsets."""
+    cls = dataset_class(dataset)
+    layout = getattr(cls, "LAYOUT", "")
+    if "root" in dataset_settings(cls) and not dataset.root:
+        raise S3LError(f"dataset.root is not set for dataset={dataset.name}: pass paths.datasets.{dataset.name}="
+                       f"/path/to/it (or dataset.root=...); {layout}")
+    if getattr(cls, "cacheable", False):
+        if dataset.get("subset") is not None:
+            read_subset(dataset.subset)  # a missing or malformed list fails now, before any image is read
+        return
+    for key, off, what in (("cache", False, "caches resized images of"),
+                           ("resident", False, "loads the resized-image cache of"),
+                           ("subset", None, "keeps listed files of")):
+        value = dataset.get(key, off)
+        if value not in (off, None):
+            shown, reset = ("true", "false") if value is True else (value, "null")
+            raise S3LError(f"dataset.{key}={shown} {what} a single-label dataset read from image files, not "
+                           f"dataset={dataset.name}: set dataset.{key}={reset}")
 
 
 def _check_split(split: str) -> None:

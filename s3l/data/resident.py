@@ -316,26 +316,32 @@ def _size(nbytes: int) -> str:
     return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
 
 
-def build_resident_datamodule(cfg: DictConfig, spec: StageSpec, train, test) -> ResidentDataModule:
-    """The stage's `ResidentDataModule`: caches built (or reused) at the short side each view needs."""
-    s, cache_dir = spec.cfg, Path(cfg.dataset.cache_dir)
+def _cached(cfg: DictConfig, dataset, side: int) -> CachedImages:
+    return CachedImages(build_resized_cache(dataset, side, Path(cfg.dataset.cache_dir)))
 
-    def cached(dataset, side: int) -> CachedImages:
-        return CachedImages(build_resized_cache(dataset, side, cache_dir))
 
-    common = {"global_batch_size": s.batch_size, "seed": stage_seed(cfg.seed, spec.name),
-              "memory_fraction": cfg.dataset.resident_memory_fraction}
-    if s.kind == "pretrain":
-        views = view_specs(cfg.augmentation)
-        side = cache_short_side(s.resolution, smallest_min_scale(views))
-        # drop_last as upstream: a queue and split BatchNorm need whole batches.
-        return ResidentDataModule(ResidentSplit(cached(train, side), None, TwoViews(views, s.resolution)),
-                                  drop_last=True, **common)
+def _common(cfg: DictConfig, spec: StageSpec) -> dict:
+    return {"global_batch_size": spec.cfg.batch_size, "seed": stage_seed(cfg.seed, spec.name),
+            "memory_fraction": cfg.dataset.resident_memory_fraction}
+
+
+def resident_pretrain_datamodule(cfg: DictConfig, spec: StageSpec, train) -> ResidentDataModule:
+    """A pretraining stage's `ResidentDataModule`: the cache built (or reused) at the short side the views need."""
+    views, size = view_specs(cfg.augmentation), spec.cfg.resolution
+    side = cache_short_side(size, smallest_min_scale(views))
+    # drop_last as upstream: a queue and split BatchNorm need whole batches.
+    return ResidentDataModule(ResidentSplit(_cached(cfg, train, side), None, TwoViews(views, size)),
+                              drop_last=True, **_common(cfg, spec))
+
+
+def resident_classify_datamodule(cfg: DictConfig, spec: StageSpec, train, test) -> ResidentClassifyDataModule:
+    """A supervised stage's `ResidentClassifyDataModule`: train crops as the PIL pipeline's, test center crops."""
+    s = spec.cfg
     resized = resize_side(s.resolution)
     if s.train_crop == "random_resized_crop":
-        train_split = ResidentSplit(cached(train, cache_short_side(s.resolution, RRC_SCALE[0])), None,
+        train_split = ResidentSplit(_cached(cfg, train, cache_short_side(s.resolution, RRC_SCALE[0])), None,
                                     RandomResizedCropFlip(s.resolution))
     else:
-        train_split = ResidentSplit(cached(train, resized), resized, RandomCropFlip(s.resolution))
-    test_split = ResidentSplit(cached(test, resized), resized, CenterCrop(s.resolution))
-    return ResidentClassifyDataModule(train_split, test_split, **common)
+        train_split = ResidentSplit(_cached(cfg, train, resized), resized, RandomCropFlip(s.resolution))
+    test_split = ResidentSplit(_cached(cfg, test, resized), resized, CenterCrop(s.resolution))
+    return ResidentClassifyDataModule(train_split, test_split, **_common(cfg, spec))

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 from PIL import Image
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from s3l.data.datasets import CUB200, Digits, ImageFolderSplit, build_dataset
+from s3l.data.datasets import CUB200, Digits, ImageFolderSplit, build_dataset, check_dataset_config
 from s3l.errors import S3LError
 
 DATASETS = Path(__file__).resolve().parents[3] / "shared" / "datasets"
@@ -270,16 +271,24 @@ def test_digits_images_are_scaled_rgb():
     assert Digits("train", image_size=32)[0][0].size == (32, 32)
 
 
-def test_build_dataset_dispatches_on_name():
-    assert isinstance(build_dataset("digits", None, "train", "skip"), Digits)
-    assert isinstance(build_dataset("imagefolder", str(HYMENOPTERA), "test", "fail"), ImageFolderSplit)
+def test_build_dataset_builds_the_target_with_the_settings_its_class_declares():
+    digits = OmegaConf.create({"_target_": "s3l.data.datasets.Digits", "name": "digits", "image_size": 8,
+                               "num_workers": 2})
+    assert isinstance(build_dataset(digits, "train"), Digits) and build_dataset(digits, "test")[0][0].size == (8, 8)
+    folder = OmegaConf.create({"_target_": "s3l.data.datasets.ImageFolderSplit", "name": "imagefolder",
+                               "root": str(HYMENOPTERA), "bad_images": "fail", "subset": None, "cache": False})
+    assert isinstance(build_dataset(folder, "test"), ImageFolderSplit)
 
 
-def test_build_dataset_rejects_unknown_name_and_missing_root():
-    with pytest.raises(S3LError, match="cub200, imagefolder, digits"):
-        build_dataset("cifar10", None, "train", "skip")
-    with pytest.raises(S3LError, match="dataset.root is not set"):
-        build_dataset("cub200", None, "train", "skip")
+def test_dataset_config_checks_name_the_setting_to_change():
+    with pytest.raises(S3LError, match="dataset._target_=s3l.data.nowhere.Cars cannot be imported"):
+        check_dataset_config(OmegaConf.create({"_target_": "s3l.data.nowhere.Cars", "name": "cars"}))
+    with pytest.raises(S3LError, match="dataset.root is not set for dataset=cub200: pass paths.datasets.cub200="):
+        check_dataset_config(OmegaConf.create({"_target_": "s3l.data.datasets.CUB200", "name": "cub200",
+                                               "root": None}))
+    with pytest.raises(S3LError, match="dataset.resident=true loads .* not dataset=digits: set dataset.resident=false"):
+        check_dataset_config(OmegaConf.create({"_target_": "s3l.data.datasets.Digits", "name": "digits",
+                                               "resident": True}))
 
 
 def test_unknown_bad_images_policy_raises():

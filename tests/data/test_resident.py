@@ -192,5 +192,5 @@ def test_resident_data_of_a_dataset_without_files_is_one_clear_line(compose_cfg)
     cfg = compose_cfg("dataset=digits", "dataset.resident=true")
     with pytest.raises(S3LError) as error:
         validate_config(cfg, stage_specs(cfg))
-    assert str(error.value) == ("dataset.resident=true loads the resized-image cache of a dataset read from "
-                                "files (cub200, imagefolder), not dataset=digits: set dataset.resident=false")
+    assert str(error.value) == ("dataset.resident=true loads the resized-image cache of a single-label dataset read "
+                                "from image files, not dataset=digits: set dataset.resident=false")

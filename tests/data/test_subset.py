@@ -5,7 +5,7 @@ import json
 import pytest
 
 from s3l.data.cache import cache_key
-from s3l.data.datasets import build_dataset
+from s3l.data.datasets import CUB200, ImageFolderSplit
 from s3l.data.subset import list_sha256, read_subset
 from s3l.errors import S3LError
 from s3l.subsets import build_subset
@@ -27,12 +27,12 @@ def test_a_subset_in_place_reads_exactly_the_listed_files(tmp_path, name, root, 
     path = str(tmp_path / "subset" / "subset.json")
     record = json.loads((tmp_path / "subset" / "subset.json").read_text())
     for split in ("train", "test"):
-        dataset = build_dataset(name, str(root), split, "fail", subset=path)
+        dataset = {"imagefolder": ImageFolderSplit, "cub200": CUB200}[name](str(root), split, "fail", subset=path)
         assert listed_files(dataset) == record["splits"][split]
         assert dataset.classes == sorted({name for _, name in record["splits"]["train"]})
         assert dataset.subset.record() == {"path": path, "sha256": record["sha256"]}
         # The same labels as the subset materialised as class folders.
-        materialised = build_dataset("imagefolder", str(tmp_path / "subset"), split, "fail")
+        materialised = ImageFolderSplit(str(tmp_path / "subset"), split, "fail")
         assert dataset.targets == materialised.targets and dataset.classes == materialised.classes
 
 
@@ -43,7 +43,7 @@ def write_subset(path, train, test, **extra) -> str:
 
 def test_a_hand_written_list_needs_no_sha256_but_a_stale_one_is_refused(tmp_path):
     train, test = [["ants/0013035.jpg", "ants"]], [["ants/10308379_1b6c72e180.jpg", "ants"]]
-    dataset = build_dataset("imagefolder", str(HYMENOPTERA), "train", "fail",
+    dataset = ImageFolderSplit(str(HYMENOPTERA), "train", "fail",
                             subset=write_subset(tmp_path / "hand.json", train, test))
     assert listed_files(dataset) == train and dataset.classes == ["ants"]
     assert dataset.subset.sha256 == list_sha256({"train": train, "test": test})
@@ -59,7 +59,7 @@ def test_a_hand_written_list_needs_no_sha256_but_a_stale_one_is_refused(tmp_path
 def test_a_listed_file_the_dataset_lacks_or_files_elsewhere_is_one_error(tmp_path, train, message):
     subset = write_subset(tmp_path / "subset.json", train, [])
     with pytest.raises(S3LError, match=message):
-        build_dataset("imagefolder", str(HYMENOPTERA), "train", "fail", subset=subset)
+        ImageFolderSplit(str(HYMENOPTERA), "train", "fail", subset=subset)
 
 
 def test_a_file_that_is_no_subset_list_is_one_error(tmp_path):
@@ -74,7 +74,7 @@ def test_two_subsets_never_share_a_cache_even_with_the_same_files(tmp_path):
     train = [["ants/0013035.jpg", "ants"], ["bees/16838648_415acd9e3f.jpg", "bees"]]
     first = write_subset(tmp_path / "first.json", train, [])
     second = write_subset(tmp_path / "second.json", train, [["ants/10308379_1b6c72e180.jpg", "ants"]])
-    keys = [cache_key(build_dataset("imagefolder", str(HYMENOPTERA), "train", "fail", subset=subset), 32)
+    keys = [cache_key(ImageFolderSplit(str(HYMENOPTERA), "train", "fail", subset=subset), 32)
             for subset in (first, second, first)]
     assert keys[0] != keys[1] and keys[0] == keys[2]
 

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 import s3l.callbacks.checkpointing as checkpointing  # noqa: E402
-import s3l.run as run  # noqa: E402
+from s3l.stages.training import TrainingStage  # noqa: E402
 
 what, *rest = os.environ["S3L_DIE_AFTER"].split(":")
 if what == "save":
@@ -33,14 +33,14 @@ if what == "save":
     checkpointing.AtomicCheckpointIO.save_checkpoint = save_then_die
 else:
     (stage,) = rest
-    export = run.export_stage
+    export = TrainingStage.export
 
-    def export_then_die(cfg, spec, stage_dir, module, trainer):
-        export(cfg, spec, stage_dir, module, trainer)
+    def export_then_die(self, stage_dir, module, trainer):
+        export(self, stage_dir, module, trainer)
         if stage in stage_dir.name:
             os._exit(137)
 
-    run.export_stage = export_then_die
+    TrainingStage.export = export_then_die
 
 sys.argv[0] = str(ROOT / "train.py")
 runpy.run_path(str(ROOT / "train.py"), run_name="__main__")

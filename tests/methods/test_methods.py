@@ -14,7 +14,7 @@ from s3l.methods.losses import byol_loss, negative_cosine, nt_xent
 from s3l.methods.simclr import SimCLR
 from s3l.methods.simsiam import SimSiam
 from s3l.schema import settings_of
-from s3l.stages.build import build_cost_meter
+from s3l.stages.base import build_stage
 from tests.conftest import CONFIGS
 
 SETTINGS = dict(architecture="resnet10", stem="imagenet", lr=0.1, momentum=0.9, weight_decay=1e-4,
@@ -53,8 +53,8 @@ def test_each_methods_cost_counts_its_forward_and_backward_passes(compose_cfg):
     for method in METHODS:
         cfg = compose_cfg(f"method={method}", "architecture=resnet10")
         spec = next(s for s in stage_specs(cfg) if s.cfg.kind == "pretrain")
-        costs[method] = build_cost_meter(cfg, spec).train_flops_per_image / 1e9 / build_cost_meter(
-            cfg, spec).forward_gflops_per_image
+        meter = build_stage(cfg, spec).cost_meter()
+        costs[method] = meter.train_flops_per_image / 1e9 / meter.forward_gflops_per_image
     assert costs == pytest.approx({"mocov2": 4.0, "simclr": 6.0, "byol": 8.0, "simsiam": 6.0})
 
 

@@ -8,7 +8,7 @@ import torch
 from s3l.errors import S3LError
 from s3l.methods.mocov2 import MoCoV2
 from s3l.methods.simclr import SimCLR
-from s3l.stages.build import METHOD_STATE
+from s3l.stages.pretrain import METHOD_STATE
 
 SETTINGS = dict(architecture="resnet10", stem="imagenet", bn_splits=1, lr=0.03, momentum=0.9, weight_decay=1e-4,
                 lr_schedule="cosine_epoch")
