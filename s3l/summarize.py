@@ -3,7 +3,9 @@
     python -m s3l.summarize outputs/cub_112_mocov2/multirun_2024-05-01_12-00-00 [--out DIR]
 
 finds every chain results.json under the directory (one per run; the stages' own results.json are
-skipped) and writes summary.csv, summary.md and accuracy_vs_cost.png.
+skipped) and writes summary.csv, summary.md and accuracy_vs_cost.png; when the runs cover more than one dataset
+(a transfer sweep, e.g. `experiment=transfer dataset=cars,pets,...`), also transfer.csv, transfer.md and
+transfer.png: one row per dataset, one column per stage, each score in that dataset's metric.
 """
 
 from __future__ import annotations
@@ -14,7 +16,11 @@ import json
 import sys
 from pathlib import Path
 
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
 from s3l.errors import S3LError
+from s3l.report import METRIC_NAMES, knn_score, stage_score
 
 COLUMNS = (
     "name", "method", "architecture", "pretrain_resolution", "dataset", "pretrain_knn_top1", "top1_last", "top1_best",
@@ -73,7 +79,62 @@ def summarize(root: Path, out: Path) -> list[dict]:
     write_csv(rows, out / "summary.csv")
     (out / "summary.md").write_text(markdown_table(rows, root))
     plot_accuracy_vs_cost(rows, out / "accuracy_vs_cost.png")
+    transfer = transfer_rows(found)
+    if len({r["dataset"] for r in transfer}) > 1:
+        write_transfer(transfer, out)
     return rows
+
+
+def transfer_rows(found: list[tuple[Path, dict]]) -> list[dict]:
+    """One row per run: its dataset, the dataset's metric and each stage's score (kNN stages: top-1)."""
+    rows = []
+    for path, results in found:
+        stages = results["stages"]
+        metric = next((s["dataset"].get("metric", "top1") for s in stages if "dataset" in s), "top1")
+        scores = {s["stage"]: knn_score(s) if s["kind"] == "knn" else stage_score(s) for s in stages
+                  if s["kind"] != "pretrain"}
+        rows.append({"dataset": results["dataset"], "metric": metric, "scores": scores, "run_dir": str(path.parent)})
+    rows.sort(key=lambda r: (r["dataset"], r["run_dir"]))
+    return rows
+
+
+def write_transfer(rows: list[dict], out: Path) -> None:
+    """transfer.csv (fractions), transfer.md (percent, with each dataset's metric) and transfer.png."""
+    stages = list(dict.fromkeys(name for r in rows for name in r["scores"]))
+    with (out / "transfer.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["dataset", "metric", *stages, "run_dir"])
+        writer.writerows([r["dataset"], r["metric"], *(r["scores"].get(n) for n in stages), r["run_dir"]] for r in rows)
+    lines = ["| dataset | metric | " + " | ".join(f"{n} (%)" for n in stages) + " |", "|" + "---|" * (len(stages) + 2)]
+    lines += [f"| {r['dataset']} | {METRIC_NAMES.get(r['metric'], r['metric'])} | "
+              + " | ".join(_pct(r["scores"].get(n)) for n in stages) + " |" for r in rows]
+    legend = ("\nEach score on the dataset's test split in its own metric: probe = linear probe of the deepest "
+              "stage, knn = weighted kNN top-1, kshot = the most shots (mean over seeds), finetune/linear = last "
+              "epoch.\n")
+    (out / "transfer.md").write_text("\n".join(lines) + "\n" + legend)
+    plot_transfer(rows, stages, out / "transfer.png")
+
+
+def plot_transfer(rows: list[dict], stages: list[str], path: Path) -> None:
+    """Grouped bars: one group per dataset, one bar per stage."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(max(6, 1.2 * len(rows) * max(1, len(stages)) / 2), 4))
+    ax = fig.subplots()
+    width = 0.8 / max(1, len(stages))
+    for i, name in enumerate(stages):
+        xs = [j + i * width for j in range(len(rows))]
+        ys = [100 * (r["scores"].get(name) or 0) for r in rows]
+        ax.bar(xs, ys, width=width, label=name)
+    ax.set_xticks([j + width * (len(stages) - 1) / 2 for j in range(len(rows))],
+                  [f"{r['dataset']}\n({METRIC_NAMES.get(r['metric'], r['metric'])})" for r in rows], fontsize=8)
+    ax.set_ylabel("score on the test split (%)")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.suptitle("transfer: one pretrained backbone, each dataset in its own metric")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
@@ -168,6 +229,23 @@ def publish_to_wandb(rows: list[dict], project: str, out: Path) -> None:
         wandb.finish()
 
 
+class SummarizeSweep(Callback):
+    """A Hydra callback: at the end of a multirun, summarise its directory (what `python -m s3l.summarize` does)
+    and print the tables, so a transfer sweep ends with its transfer table."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        try:
+            rows = summarize(sweep_dir, sweep_dir)
+        except S3LError as err:  # e.g. every run failed: nothing to summarise, the runs said why
+            print(f"summary: {err}", file=sys.stderr)
+            return
+        print((sweep_dir / "summary.md").read_text())
+        if len({r["dataset"] for r in rows}) > 1:
+            print((sweep_dir / "transfer.md").read_text())
+        print(f"summary files in {sweep_dir}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m s3l.summarize", description=__doc__.splitlines()[0])
     parser.add_argument("dir", type=Path, help="a run or sweep directory (searched recursively)")
@@ -184,7 +262,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.wandb_project:
         publish_to_wandb(rows, args.wandb_project, out)
     print((out / "summary.md").read_text())
-    for name in ("summary.csv", "summary.md", "accuracy_vs_cost.png"):
+    names = ["summary.csv", "summary.md", "accuracy_vs_cost.png"]
+    if len({r["dataset"] for r in rows}) > 1:
+        print((out / "transfer.md").read_text())
+        names += ["transfer.csv", "transfer.md", "transfer.png"]
+    for name in names:
         print(out / name)
     print(f"{len(rows)} run(s)")
     return 0
