@@ -18,8 +18,8 @@ from s3l.config import HydraTask, StageSpec, config_hash, stage_config_hash, sta
 from s3l.errors import S3LError
 from s3l.quiet import silence_dependency_noise
 from s3l.report import print_config_tree, print_results_table
-from s3l.rundir import check_same_config, claim, keep_ddp_ranks_in_this_sweep, write_text
-from s3l.stages.base import build_stage
+from s3l.rundir import check_same_config, claim, keep_ddp_ranks_in_this_sweep
+from s3l.stages.base import build_stage, write_text
 from s3l.stages.build import build_datasets
 from s3l.stages.training import RESULTS
 from s3l.validate import validate_config

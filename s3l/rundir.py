@@ -9,9 +9,7 @@ from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from lightning.pytorch.utilities import rank_zero_only
 
-from s3l.checkpoints import write_atomically
 from s3l.config import describe_changes
 from s3l.errors import S3LError
 from s3l.lock import ProcessLock
@@ -80,10 +78,3 @@ def keep_ddp_ranks_in_this_sweep() -> None:
     pinned = f'hydra.sweep.dir="{hydra_cfg.sweep.dir}"'
     if hydra_cfg.mode == RunMode.MULTIRUN and pinned not in sys.argv:
         sys.argv.append(pinned)
-
-
-@rank_zero_only
-def write_text(path: Path, text: str) -> None:
-    """Write a run artifact atomically, from rank 0 only."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(path, lambda tmp: tmp.write_text(text))

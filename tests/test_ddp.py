@@ -172,7 +172,7 @@ def test_ddp_run_trains_every_stage_on_both_processes_into_one_run_directory(tra
     assert (run_dir / "1_finetune" / "backbone.pt").is_file()
     assert "GLOBAL_RANK: 1" in run.output  # rank 1 really ran (started by Lightning as a second train.py)
     assert (run_dir / "train_ddp_process_1.log").is_file()  # ... with Hydra's output in this run directory
-    assert run.stdout.count("top-1 last") == 1  # one results table: rank 1 prints none
+    assert run.stdout.count("score last") == 1  # one results table: rank 1 prints none
 
 
 @pytest.mark.slow
@@ -189,7 +189,7 @@ def test_ddp_multirun_writes_each_job_once_in_the_sweep_directory(train):
     for job in job_dirs:
         assert (job / "1_finetune" / "backbone.pt").is_file()
         assert (job / "train_ddp_process_1.log").is_file()  # rank 1 ran this job in this directory
-    assert run.stdout.count("top-1 last") == 2  # one table per job, from rank 0 only
+    assert run.stdout.count("score last") == 2  # one table per job, from rank 0 only
 
 
 

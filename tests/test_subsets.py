@@ -156,7 +156,7 @@ def test_pretraining_runs_on_a_built_subset_and_on_the_same_list_in_place(tmp_pa
     built = run_train([*TINY_PRETRAIN, f"dataset.root={tmp_path / 'hym5'}"], tmp_path / "built")
     assert built.returncode == 0, built.output[-3000:]
     built_stage = built.results()["stages"][0]
-    assert built_stage["dataset"] == {"name": "imagefolder", "subset": None}
+    assert built_stage["dataset"] == {"name": "imagefolder", "metric": "top1", "subset": None}
 
     listed = tmp_path / "hym5" / "subset.json"
     in_place = run_train([*TINY_PRETRAIN, f"dataset.root={HYMENOPTERA}", f"dataset.subset={listed}"],
@@ -164,6 +164,6 @@ def test_pretraining_runs_on_a_built_subset_and_on_the_same_list_in_place(tmp_pa
     assert in_place.returncode == 0, in_place.output[-3000:]
     in_place_stage = in_place.results()["stages"][0]
     sha256 = json.loads(listed.read_text())["sha256"]
-    assert in_place_stage["dataset"] == {"name": "imagefolder", "subset": {"path": str(listed), "sha256": sha256}}
+    assert in_place_stage["dataset"] == {"name": "imagefolder", "metric": "top1", "subset": {"path": str(listed), "sha256": sha256}}
     # The same images in the same order and the same seed: the same pretraining, so the same kNN accuracy.
     assert in_place_stage["metrics"]["knn_top1"] == built_stage["metrics"]["knn_top1"]

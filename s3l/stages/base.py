@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import ClassVar
 
 from hydra.utils import get_class
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
 from s3l import __version__
+from s3l.checkpoints import write_atomically
 from s3l.config import StageSpec, stage_config_hash, stage_identity
 from s3l.errors import S3LError
 from s3l.models.resnet import full_architecture
@@ -73,6 +75,13 @@ class Stage:
             "paths": {"stage_dir": str(stage_dir)},
             "s3l_version": __version__,
         }
+
+
+@rank_zero_only
+def write_text(path: Path, text: str) -> None:
+    """Write a run artifact atomically, from rank 0 only."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(path, lambda tmp: tmp.write_text(text))
 
 
 def stage_class(stage: DictConfig, key: str) -> type[Stage]:

@@ -31,9 +31,8 @@ from s3l.evaluation.kshot import kshot_eval
 from s3l.evaluation.linear import train_linear_heads
 from s3l.metrics import mean_per_class_accuracy, voc_map
 from s3l.models.resnet import backbone_flops, build_backbone
-from s3l.rundir import write_text
 from s3l.settings import FeaturesSettings, KNNStageSettings, KShotSettings, ProbeSettings
-from s3l.stages.base import Stage
+from s3l.stages.base import Stage, write_text
 from s3l.stages.build import init_source, load_init
 from s3l.stages.training import RESULTS
 

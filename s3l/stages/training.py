@@ -21,8 +21,7 @@ from s3l.checkpoints import export_backbone
 from s3l.config import stage_config_hash, stage_epochs, stage_identity
 from s3l.loggers import finish_wandb
 from s3l.resume import find_resume_point, last_checkpoint
-from s3l.rundir import write_text
-from s3l.stages.base import Stage
+from s3l.stages.base import Stage, write_text
 from s3l.stages.build import apply_layout, build_cost_meter, build_trainer, init_source, load_init
 from s3l.validate import validate_world
 

@@ -34,7 +34,7 @@ def test_demo_chain_writes_a_self_describing_run_directory(train):
         assert "val/acc1" in next(csv.reader(f))
     meta = json.loads((run_dir / "0_pretrain" / "backbone.json").read_text())
     assert meta["architecture"] == "resnet10" and meta["resolution"] == 16 and meta["method"] == "mocov2"
-    assert "top-1 last" in run.stdout and str(run_dir) in run.stdout
+    assert "score last" in run.stdout and str(run_dir) in run.stdout
 
 
 def test_finetune_starts_from_the_pretrained_backbone_and_a_rerun_skips_both_stages(train):
