@@ -12,16 +12,28 @@ from s3l.errors import S3LError
 AP_MODES = ("area", "11point")
 
 
-def mean_per_class_accuracy(predictions: Tensor, targets: Tensor, num_classes: int) -> float:
-    """Mean over the classes present in `targets` of each class's recall (confusion diagonal / row sums).
-
-    `predictions` and `targets` are class indices of shape (N,).
-    """
+def confusion_matrix(predictions: Tensor, targets: Tensor, num_classes: int) -> Tensor:
+    """Counts (num_classes, num_classes): row = true class, column = predicted class."""
     cells = targets.long() * num_classes + predictions.long()
-    confusion = torch.bincount(cells, minlength=num_classes**2).reshape(num_classes, num_classes)
+    return torch.bincount(cells, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+def mean_class_recall(confusion: Tensor) -> float:
+    """Mean over the classes with test images (rows with counts) of each class's recall (diagonal / row sum)."""
     support = confusion.sum(dim=1)
     present = support > 0
     return float((confusion.diagonal()[present] / support[present]).mean())
+
+
+def mean_per_class_accuracy(predictions: Tensor, targets: Tensor, num_classes: int) -> float:
+    """The upstream Caltech-101 metric: `mean_class_recall` of the confusion matrix of class indices (N,)."""
+    return mean_class_recall(confusion_matrix(predictions, targets, num_classes))
+
+
+def accuracies(predictions: Tensor, targets: Tensor, num_classes: int) -> dict[str, float]:
+    """Top-1 and mean per-class accuracy of class-index predictions, as fractions (keyed by metric name)."""
+    return {"top1": float((predictions == targets).float().mean()),
+            "mean_per_class": mean_per_class_accuracy(predictions, targets, num_classes)}
 
 
 def voc_ap(scores: Tensor, targets: Tensor, mode: str) -> Tensor:

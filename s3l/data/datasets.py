@@ -221,13 +221,18 @@ def build_dataset(dataset: DictConfig, split: str) -> Dataset:
 
 
 def check_dataset_config(dataset: DictConfig) -> None:
-    """What the dataset's YAML must say before any image is read: its root, and file-backed data for the
-    resized-image cache, resident data and subsets."""
+    """What the dataset's YAML must say before any image is read: its root, a metric that fits its targets, and
+    file-backed data for the resized-image cache, resident data and subsets."""
     cls = dataset_class(dataset)
     layout = getattr(cls, "LAYOUT", "")
     if "root" in dataset_settings(cls) and not dataset.root:
         raise S3LError(f"dataset.root is not set for dataset={dataset.name}: pass paths.datasets.{dataset.name}="
                        f"/path/to/it (or dataset.root=...); {layout}")
+    multilabel = getattr(cls, "multilabel", False)
+    if multilabel != (dataset.get("metric") == "map"):  # the stages read multi-label from the metric
+        raise S3LError(f"dataset.metric={dataset.get('metric')} does not fit dataset={dataset.name}, whose targets are "
+                       + ("multi-label: use dataset.metric=map" if multilabel else
+                          "one class per image: use dataset.metric=top1 or mean_per_class"))
     if getattr(cls, "cacheable", False):
         if dataset.get("subset") is not None:
             read_subset(dataset.subset)  # a missing or malformed list fails now, before any image is read

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from s3l.metrics import accuracies
+
 
 def train_linear_heads(
     train: dict[str, Tensor],
@@ -66,7 +68,7 @@ def train_linear_heads(
         scores = {name: _logits(test_x[name], head).cpu() for name, head in heads.items()}
     if multilabel:
         return {name: {"scores": value} for name, value in scores.items()}
-    return {name: _accuracies(value.argmax(dim=1), test_labels.cpu().long(), num_classes) for name, value in scores.items()}
+    return {name: accuracies(value.argmax(dim=1), test_labels.cpu().long(), num_classes) for name, value in scores.items()}
 
 
 def _init_head(dim: int, num_classes: int, seed: int, device: torch.device | str) -> tuple[Tensor, Tensor]:
@@ -81,13 +83,3 @@ def _init_head(dim: int, num_classes: int, seed: int, device: torch.device | str
 def _logits(features: Tensor, head: tuple[Tensor, Tensor]) -> Tensor:
     return F.linear(features, *head)
 
-
-def _accuracies(predicted: Tensor, labels: Tensor, num_classes: int) -> dict[str, float]:
-    correct = (predicted == labels).float()
-    per_class_correct = torch.bincount(labels, weights=correct, minlength=num_classes)
-    per_class_count = torch.bincount(labels, minlength=num_classes)
-    present = per_class_count > 0
-    return {
-        "top1": correct.mean().item(),
-        "mean_per_class": (per_class_correct[present] / per_class_count[present]).mean().item(),
-    }

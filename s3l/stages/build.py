@@ -129,10 +129,15 @@ def build_trainer(
     )
 
 
+def forward_flops(cfg: DictConfig, spec: StageSpec) -> float:
+    """Forward FLOPs of the stage's backbone for one image at the stage's resolution."""
+    with torch.device("meta"):  # shapes only: no memory, no weight initialisation
+        backbone = build_backbone(spec.cfg.architecture, cfg.architecture.stem)
+    return backbone_flops(backbone, spec.cfg.resolution)
+
+
 def build_cost_meter(cfg: DictConfig, spec: StageSpec, forward_cost: float) -> CostMeter:
     """Training FLOPs per input image, `forward_cost` backbone forward passes each (the stage kind's: e.g. MoCo
     query forward + backward 3, key forward 1; supervised 3; linear 1)."""
-    with torch.device("meta"):  # shapes only: no memory, no weight initialisation
-        backbone = build_backbone(spec.cfg.architecture, cfg.architecture.stem)
-    forward = backbone_flops(backbone, spec.cfg.resolution)
+    forward = forward_flops(cfg, spec)
     return CostMeter(train_flops_per_image=forward_cost * forward, forward_gflops_per_image=forward / 1e9)

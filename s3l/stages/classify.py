@@ -21,10 +21,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics import Metric
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from s3l.errors import S3LError
-from s3l.metrics import voc_map
+from s3l.metrics import mean_class_recall, voc_map
 from s3l.models.resnet import build_backbone
 from s3l.optim import build_lr_schedule, build_sgd, schedule_length
 
@@ -64,6 +65,15 @@ def mixup_loss(
     if lam == 1.0:
         return criterion(logits, y)
     return lam * criterion(logits, y) + (1 - lam) * criterion(logits, y_perm)
+
+
+class MeanPerClassAccuracy(MulticlassConfusionMatrix):
+    """The confusion matrix (torchmetrics: summed over processes) reduced to `s3l.metrics.mean_class_recall`, so
+    validation and the evaluation stages share one definition (torchmetrics' macro accuracy would also average
+    a class that is predicted but has no test image)."""
+
+    def compute(self) -> Tensor:
+        return torch.tensor(mean_class_recall(super().compute()))
 
 
 class Classifier(L.LightningModule):
@@ -110,9 +120,7 @@ class Classifier(L.LightningModule):
         self.val_acc1 = MulticlassAccuracy(num_classes, top_k=1, average="micro") if single_label else None
         top5 = min(5, num_classes)
         self.val_acc5 = MulticlassAccuracy(num_classes, top_k=top5, average="micro") if single_label else None
-        self.val_acc_per_class = (
-            MulticlassAccuracy(num_classes, average="macro") if metric == "mean_per_class" else None
-        )
+        self.val_acc_per_class = MeanPerClassAccuracy(num_classes) if metric == "mean_per_class" else None
         # Multi-label validation: each batch's logits and targets, for the epoch's mAP.
         self._val_scores: list[Tensor] = []
         self._val_targets: list[Tensor] = []
@@ -163,7 +171,7 @@ class Classifier(L.LightningModule):
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=size)
         return loss
 
-    def _val_metrics(self) -> dict[str, MulticlassAccuracy]:
+    def _val_metrics(self) -> dict[str, Metric]:
         metrics = {
             "val/acc1": self.val_acc1,
             "val/acc5": self.val_acc5,

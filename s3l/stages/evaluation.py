@@ -22,18 +22,17 @@ from torch import Tensor
 from s3l.callbacks.cost import peak_memory_mb
 from s3l.callbacks.knn import weighted_knn_predict
 from s3l.data.datamodule import Transformed, loader
-from s3l.data.datasets import dataset_class
 from s3l.data.transforms import eval_transform
 from s3l.errors import S3LError
 from s3l.evaluation.embedding import plot_embedding, save_features
 from s3l.evaluation.features import extract, stage_names
 from s3l.evaluation.kshot import kshot_eval
 from s3l.evaluation.linear import train_linear_heads
-from s3l.metrics import mean_per_class_accuracy, voc_map
-from s3l.models.resnet import backbone_flops, build_backbone
+from s3l.metrics import accuracies, voc_map
+from s3l.models.resnet import build_backbone
 from s3l.settings import FeaturesSettings, KNNStageSettings, KShotSettings, ProbeSettings
 from s3l.stages.base import Stage, write_text
-from s3l.stages.build import init_source, load_init
+from s3l.stages.build import forward_flops, init_source, load_init
 from s3l.stages.training import RESULTS
 
 log = logging.getLogger("s3l")
@@ -53,7 +52,7 @@ class EvaluationStage(Stage):
     single_label_only = False
 
     def check_config(self) -> None:
-        if self.single_label_only and getattr(dataset_class(self.cfg.dataset), "multilabel", False):
+        if self.single_label_only and self.cfg.dataset.metric == "map":
             raise S3LError(f"{self.spec.key} ({self.spec.cfg.kind}) needs one label per image, but "
                            f"dataset={self.cfg.dataset.name} is multi-label: use stage probe or transfer_linear")
 
@@ -75,12 +74,9 @@ class EvaluationStage(Stage):
         test_x, test_y = self.embed(backbone, device, test)
         return train_x["final"], train_y, test_x["final"], test_y
 
-    def score(self, predictions: Tensor, labels: Tensor, num_classes: int) -> dict:
-        """Top-1 and mean per-class accuracy of single-label predictions, "score" in the dataset's metric."""
-        top1 = float((predictions == labels).float().mean())
-        per_class = mean_per_class_accuracy(predictions, labels, num_classes)
-        return {"top1": top1, "mean_per_class": per_class,
-                "score": per_class if self.cfg.dataset.metric == "mean_per_class" else top1}
+    def with_score(self, values: dict[str, float]) -> dict[str, float]:
+        """`values` ({"top1", "mean_per_class"}, or {"map"}) with "score": the one the dataset's metric names."""
+        return {**values, "score": values[self.cfg.dataset.metric]}
 
     def run(self, stage_dir: Path, previous_dir: Path | None, datasets: tuple) -> dict:
         cfg, spec, s = self.cfg, self.spec, self.spec.cfg
@@ -98,18 +94,16 @@ class EvaluationStage(Stage):
             metrics = self.evaluate(backbone.to(device), device, train, test, stage_dir)
             result = self.base_result(stage_dir, datasets, 0, 0)
             result.update(metrics=metrics, init=init, init_from=None if source is None else str(source))
-            result["cost"] = self.cost(backbone, time.perf_counter() - start)
+            result["cost"] = self.cost(time.perf_counter() - start)
             write_text(stage_dir / "config.yaml", OmegaConf.to_yaml(s, resolve=True))
             write_text(stage_dir / RESULTS, json.dumps(result, indent=2))
         if dist.is_available() and dist.is_initialized():
             dist.barrier()
         return json.loads((stage_dir / RESULTS).read_text())
 
-    def cost(self, backbone, seconds: float) -> dict:
+    def cost(self, seconds: float) -> dict:
         """The cost record of a stage that only runs the backbone forward (once per embedded image)."""
-        with torch.device("meta"):
-            forward = backbone_flops(build_backbone(self.spec.cfg.architecture, self.cfg.architecture.stem),
-                                     self.spec.cfg.resolution)
+        forward = forward_flops(self.cfg, self.spec)
         return {"wall_clock_s": round(seconds, 2), "train_images": 0, "embedded_images": self.images,
                 "images_per_s": round(self.images / seconds, 2), "peak_memory_mb": round(peak_memory_mb(), 1),
                 "forward_gflops_per_image": round(forward / 1e9, 4), "train_pflops": self.images * forward / 1e15,
@@ -133,12 +127,8 @@ class ProbeStage(EvaluationStage):
                                    device=device, multilabel=multilabel)
         metrics: dict = {}
         for name, head in heads.items():
-            if multilabel:
-                metrics[f"{name}/map"] = metrics[f"{name}/score"] = voc_map(head["scores"], test_y)
-            else:
-                metrics.update({f"{name}/top1": head["top1"], f"{name}/mean_per_class": head["mean_per_class"],
-                                f"{name}/score": head["mean_per_class" if self.cfg.dataset.metric ==
-                                                      "mean_per_class" else "top1"]})
+            values = {"map": voc_map(head["scores"], test_y)} if multilabel else head
+            metrics.update({f"{name}/{key}": value for key, value in self.with_score(values).items()})
         metrics.update(stages=stages, score=metrics[f"{stages[-1]}/score"])
         return metrics
 
@@ -174,7 +164,7 @@ class KNNStage(EvaluationStage):
         train_x, train_y, test_x, test_y = self.embed_final(backbone, device, train, test)
         predictions = weighted_knn_predict(train_x, train_y, test_x, len(train.classes),
                                            k=s.k, temperature=s.temperature)
-        return self.score(predictions.cpu(), test_y, len(train.classes))
+        return self.with_score(accuracies(predictions.cpu(), test_y, len(train.classes)))
 
 
 class FeaturesStage(EvaluationStage):

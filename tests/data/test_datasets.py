@@ -564,3 +564,13 @@ def test_good_image_with_undecodable_name_loads(tmp_path):
     train = ImageFolderSplit(str(tmp_path), "train", "fail")
     assert train.samples == [(path, 0)]
     assert np.asarray(train[0][0])[0, 0].tolist() == [10, 20, 30]
+
+
+@pytest.mark.parametrize(("target", "metric", "advice"), [
+    ("s3l.data.transfer.VOC2007", "top1", "multi-label: use dataset.metric=map"),
+    ("s3l.data.datasets.CUB200", "map", "one class per image: use dataset.metric=top1 or mean_per_class"),
+])
+def test_a_metric_that_does_not_fit_the_targets_is_refused(target, metric, advice):
+    dataset = OmegaConf.create({"_target_": target, "name": "data", "root": "/data", "metric": metric})
+    with pytest.raises(S3LError, match=f"dataset.metric={metric} does not fit dataset=data, whose targets are {advice}"):
+        check_dataset_config(dataset)

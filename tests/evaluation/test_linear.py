@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from s3l.evaluation.linear import _accuracies, train_linear_heads
+from s3l.evaluation.linear import train_linear_heads
+from s3l.metrics import accuracies
 
 
 def blobs(count: int, dim: int, scale: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,8 +52,7 @@ def test_a_head_trained_with_others_equals_the_head_trained_alone():
 def test_mean_per_class_averages_the_recall_of_the_classes_present():
     labels = torch.tensor([0, 0, 0, 0, 2, 2])  # class 1 absent
     predicted = torch.tensor([0, 0, 0, 1, 2, 0])
-    accuracies = _accuracies(predicted, labels, num_classes=3)
-    assert accuracies == pytest.approx({"top1": 4 / 6, "mean_per_class": (3 / 4 + 1 / 2) / 2})
+    assert accuracies(predicted, labels, num_classes=3) == pytest.approx({"top1": 4 / 6, "mean_per_class": (3 / 4 + 1 / 2) / 2})
 
 
 def test_probes_on_random_conv_features_of_the_digits_beat_chance(digits_features):

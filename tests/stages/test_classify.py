@@ -5,8 +5,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from s3l.checkpoints import read_backbone_state
 from s3l.errors import S3LError
-from s3l.metrics import voc_map
-from s3l.stages.classify import Classifier, mixup_batch, mixup_loss, multilabel_bce
+from s3l.metrics import mean_per_class_accuracy, voc_map
+from s3l.stages.classify import Classifier, MeanPerClassAccuracy, mixup_batch, mixup_loss, multilabel_bce
 
 STAGES = {
     "finetune": {"freeze": "none", "fc_init": "default", "bn_frozen": False, "mixup_alpha": 1.0},
@@ -280,3 +280,13 @@ def test_lightning_checkpoint_reads_back_as_backbone_weights_and_resumes_best_ac
     resumed = _classifier("warmup")
     resumed.on_load_checkpoint(torch.load(path, weights_only=True))
     assert (resumed.best_acc1, resumed.best_epoch) == (0.75, 0)
+
+
+def test_validation_mean_per_class_is_the_evaluation_stages_definition():
+    """A class that is predicted but has no test image does not count (upstream, s3l.metrics), unlike
+    torchmetrics' macro accuracy."""
+    metric = MeanPerClassAccuracy(num_classes=3)
+    targets = torch.tensor([0, 0, 1, 1])
+    predictions = torch.tensor([0, 0, 1, 2])
+    metric.update(torch.nn.functional.one_hot(predictions, 3).float(), targets)
+    assert float(metric.compute()) == pytest.approx(mean_per_class_accuracy(predictions, targets, 3)) == 0.75
