@@ -13,10 +13,12 @@ from datetime import datetime
 from pathlib import Path
 
 from hydra.errors import HydraException
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from s3l.data.subset import read_subset
+from s3l.errors import S3LError
 
 
 def run_id(overrides: str, resume: bool | str) -> str:
@@ -42,6 +44,20 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("s3l_run_id", run_id)
     if not OmegaConf.has_resolver("s3l_scaled_lr"):
         OmegaConf.register_new_resolver("s3l_scaled_lr", scaled_lr)
+
+
+def target_class(node: DictConfig, key: str, base: type, name: str, example: str) -> type:
+    """The class that `node._target_` names, a subclass of `base` (called `name` in messages, e.g. "a Stage");
+    one S3LError line naming `key` and `example` (what to name instead) if it cannot be imported or is not one."""
+    target = node.get("_target_")
+    try:
+        cls = get_class(str(target))
+    except Exception as error:  # ImportError, AttributeError, ValueError from Hydra's locate
+        reason = " ".join(str(error).split())  # Hydra's message spans lines
+        raise S3LError(f"{key}._target_={target} cannot be imported ({reason}): name {example}") from None
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise S3LError(f"{key}._target_={target} is not {name} ({base.__module__})")
+    return cls
 
 
 def config_hash(cfg: DictConfig) -> str:

@@ -257,7 +257,8 @@ class RunSettings:
     backbone: str | None = None  # the transfer experiments: the backbone their stages start from
 
 
-GROUPS = {"architecture": ArchitectureSettings, "resolution": ResolutionSettings, "augmentation": Augmentation, "trainer": TrainerSettings, "callbacks": CallbackSettings,
+GROUPS = {"architecture": ArchitectureSettings, "resolution": ResolutionSettings, "augmentation": Augmentation,
+          "trainer": TrainerSettings, "callbacks": CallbackSettings,
           "logger": LoggerSettings, "paths": PathSettings}
 # Top-level keys that are not settings of the run itself (method and optimizer: checked against their classes).
 STRUCTURE = ("chain", "stage", "stages", "method", "optimizer", "dataset", *GROUPS)

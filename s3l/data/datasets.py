@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from hydra.utils import get_class
 from omegaconf import DictConfig
 from PIL import Image
 from torch.utils.data import Dataset
 
+from s3l.config import target_class
 from s3l.data.cub_metadata import CUB_LAYOUT, find_official_cub, read_official_cub
 from s3l.data.images import display_path, image_problem, load_rgb
 from s3l.data.subset import Subset, read_subset
@@ -197,14 +197,9 @@ class Digits(Dataset):
 
 
 def dataset_class(dataset: DictConfig) -> type:
-    """The class that `dataset._target_` names (one S3LError line if it cannot be imported)."""
-    target = dataset.get("_target_")
-    try:
-        cls = get_class(str(target))
-    except Exception as error:  # ImportError, AttributeError, ValueError from Hydra's locate
-        raise S3LError(f"dataset._target_={target} cannot be imported ({error}): name a dataset class, e.g. "
-                       "s3l.data.datasets.CUB200 (or pick a dataset YAML: dataset=cub200)") from None
-    return cls
+    """The class that `dataset._target_` names (one S3LError line if it is not a torch Dataset)."""
+    return target_class(dataset, "dataset", Dataset, "a Dataset", "a dataset class, e.g. s3l.data.datasets.CUB200 "
+                        "(or pick a dataset YAML: dataset=cub200)")
 
 
 def dataset_settings(cls: type) -> list[str]:

@@ -23,11 +23,11 @@ from typing import ClassVar
 
 import lightning as L
 import torch
-from hydra.utils import get_class, instantiate
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from s3l.config import StageSpec
+from s3l.config import StageSpec, target_class
 from s3l.errors import S3LError
 from s3l.methods.momentum import frozen_copy_of
 from s3l.models.batchnorm import convert_to_split_batchnorm
@@ -198,15 +198,8 @@ class SSLMethod(L.LightningModule):
 
 def method_class(method: DictConfig) -> type[SSLMethod]:
     """The class that `method._target_` names (one S3LError line if it is not an SSLMethod)."""
-    target = method.get("_target_")
-    try:
-        cls = get_class(str(target))
-    except Exception as error:  # ImportError, AttributeError, ValueError from Hydra's locate
-        raise S3LError(f"method._target_={target} cannot be imported ({error}): name an SSLMethod class, "
-                       "e.g. s3l.methods.mocov2.MoCoV2") from None
-    if not (isinstance(cls, type) and issubclass(cls, SSLMethod)):
-        raise S3LError(f"method._target_={target} is not an SSLMethod (s3l.methods.base)")
-    return cls
+    return target_class(method, "method", SSLMethod, "an SSLMethod",
+                        "an SSLMethod class, e.g. s3l.methods.mocov2.MoCoV2")
 
 
 def build_method(method: DictConfig, stage: DictConfig, stem: str, optimizer: DictConfig,

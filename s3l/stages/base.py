@@ -11,13 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar
 
-from hydra.utils import get_class
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
 from s3l import __version__
 from s3l.checkpoints import write_atomically
-from s3l.config import StageSpec, stage_config_hash, stage_identity
+from s3l.config import StageSpec, stage_config_hash, stage_identity, target_class
 from s3l.errors import S3LError
 from s3l.models.resnet import full_architecture
 
@@ -86,16 +85,8 @@ def write_text(path: Path, text: str) -> None:
 
 def stage_class(stage: DictConfig, key: str) -> type[Stage]:
     """The class that a stage's `_target_` names (one S3LError line if it is not a Stage)."""
-    target = stage.get("_target_")
-    try:
-        cls = get_class(str(target))
-    except Exception as error:  # ImportError, AttributeError, ValueError from Hydra's locate
-        raise S3LError(f"{key}._target_={target} cannot be imported ({error}): name a Stage class, e.g. "
-                       "s3l.stages.supervised.ClassifyStage (or pick a stage YAML: stage@stages.<name>=finetune)"
-                       ) from None
-    if not (isinstance(cls, type) and issubclass(cls, Stage)):
-        raise S3LError(f"{key}._target_={target} is not a Stage (s3l.stages.base)")
-    return cls
+    return target_class(stage, key, Stage, "a Stage", "a Stage class, e.g. s3l.stages.supervised.ClassifyStage "
+                        "(or pick a stage YAML: stage@stages.<name>=finetune)")
 
 
 def build_stage(cfg: DictConfig, spec: StageSpec) -> Stage:
