@@ -72,6 +72,13 @@ class LabelledImages(Dataset):
         if every_class:
             self._check_every_class(where)
 
+    def _keep_listed(self, subset: str | None, samples: list[tuple[Path, int]], classes: list[str], split: str
+                     ) -> tuple[list[tuple[Path, int]], list[str]]:
+        """The samples and classes that the subset.json `subset` lists for `split` (all of them without one),
+        relative to `.base`; sets `.subset`."""
+        self.subset = None if subset is None else read_subset(subset)
+        return (samples, classes) if self.subset is None else self.subset.keep(samples, classes, self.base, split)
+
     def _usable(self, samples: list[tuple[Path, int]], bad_images: str) -> list[tuple[Path, int]]:
         # Decoding releases the GIL, so threads check files in parallel.
         with ThreadPoolExecutor(max_workers=min(32, os.cpu_count() or 1)) as pool:
@@ -124,9 +131,7 @@ class ImageFolderSplit(LabelledImages):
         _check_policy(bad_images)
         root_path = _existing_root(root, FOLDER_LAYOUT)
         samples, classes, self.base = _scan_folders(root_path, split, FOLDER_LAYOUT)
-        self.subset = None if subset is None else read_subset(subset)
-        if self.subset is not None:
-            samples, classes = self.subset.keep(samples, classes, self.base, split)
+        samples, classes = self._keep_listed(subset, samples, classes, split)
         where = f"dataset split '{split}' at '{display_path(self.base)}'"
         super().__init__(samples, classes, bad_images, where, FOLDER_LAYOUT, every_class=split == "train")
 
@@ -156,9 +161,7 @@ class CUB200(LabelledImages):
         else:
             samples, classes, self.base = _scan_folders(root_path, split, CUB_LAYOUT)
             where = f"dataset split '{split}' at '{display_path(self.base)}'"
-        self.subset = None if subset is None else read_subset(subset)
-        if self.subset is not None:
-            samples, classes = self.subset.keep(samples, classes, self.base, split)
+        samples, classes = self._keep_listed(subset, samples, classes, split)
         super().__init__(samples, classes, bad_images, where, CUB_LAYOUT, every_class=split == "train")
 
 

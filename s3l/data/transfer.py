@@ -43,7 +43,6 @@ from s3l.data.datasets import (
     _scan_folders,
 )
 from s3l.data.images import display_path
-from s3l.data.subset import read_subset
 from s3l.errors import S3LError
 
 DOWNLOAD_HINT = ", or pass dataset.download=true"
@@ -68,16 +67,17 @@ class _TransferImages(LabelledImages):
     ) -> None:
         _check_split(split)
         _check_policy(bad_images)
+        if subset is not None and not self.cacheable:
+            raise S3LError(f"dataset.subset does not apply to {type(self).__name__}: subset lists give one class "
+                           "per image")
         expected = _expected(type(self))
-        self.subset = None if subset is None else read_subset(subset)
         root_path = _root_path(root, expected, download)
         if self.READS_FOLDER_COPY and (root_path / "train").is_dir():
             samples, classes, self.base = _scan_folders(root_path, split, expected)
         else:
             with _torchvision_errors(root_path, type(self).__name__, expected):
                 samples, classes, self.base = self._read(root_path, split, download)
-        if self.subset is not None:
-            samples, classes = self.subset.keep(samples, classes, self.base, split)
+        samples, classes = self._keep_listed(subset, samples, classes, split)
         where = f"dataset split '{split}' at '{display_path(self.base)}'"
         super().__init__(samples, classes, bad_images, where, expected, every_class=split == "train")
 
@@ -234,7 +234,7 @@ class CIFAR(Dataset):
         return Image.fromarray(self.images[index]), self.targets[index]  # uint8 (32, 32, 3): mode "RGB"
 
 
-class VOC2007(LabelledImages):
+class VOC2007(_TransferImages):
     """PASCAL VOC 2007 image classification: 20 classes, multi-label; "train" is "trainval".
 
     File lists come from torchvision's VOCDetection and the annotations are parsed once, here. The target is
@@ -243,33 +243,19 @@ class VOC2007(LabelledImages):
     hold one class per image, so they do not apply.
     """
 
-    cacheable = False  # vector targets: the resized-image cache stores one integer label per image
-
     LAYOUT = (
         "expected <root>/VOCdevkit/VOC2007/ with JPEGImages/, Annotations/ and ImageSets/Main/trainval.txt, "
         "test.txt (the 2007 trainval and test archives extracted into <root>)"
     )
+    cacheable = False  # vector targets: the resized-image cache stores one integer label per image
     multilabel = True
 
-    def __init__(
-        self, root: str | None, split: str, bad_images: str = "skip", subset: str | None = None,
-        download: bool = False,
-    ) -> None:
-        _check_split(split)
-        _check_policy(bad_images)
-        if subset is not None:
-            raise S3LError("dataset.subset does not apply to VOC2007: subset lists give one class per image")
+    def _read(self, root, split, download):
+        part = "trainval" if split == "train" else "test"
+        voc = tvd.VOCDetection(str(root), year="2007", image_set=part, download=download)
         expected = _expected(VOC2007)
-        root_path = _root_path(root, expected, download)
-        with _torchvision_errors(root_path, "VOC2007", expected):
-            part = "trainval" if split == "train" else "test"
-            voc = tvd.VOCDetection(str(root_path), year="2007", image_set=part, download=download)
-            samples = [(Path(image), _voc_target(Path(xml), expected))
-                       for image, xml in zip(voc.images, voc.annotations)]
-        self.base, self.subset = root_path / "VOCdevkit" / "VOC2007" / "JPEGImages", None
-        where = f"dataset split '{split}' of '{display_path(self.base.parent)}'"
-        train = split == "train"
-        super().__init__(samples, list(VOC_CLASSES), bad_images, where, expected, every_class=train)
+        samples = [(Path(image), _voc_target(Path(xml), expected)) for image, xml in zip(voc.images, voc.annotations)]
+        return samples, list(VOC_CLASSES), root / "VOCdevkit" / "VOC2007" / "JPEGImages"
 
     def _check_every_class(self, where: str) -> None:
         # Training counts difficult-only (-1) as positive, so a class needs an image with a nonzero target.

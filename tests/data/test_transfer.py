@@ -294,3 +294,8 @@ def test_missing_or_empty_root_is_one_line_naming_the_layout(tmp_path, dataset, 
     message = str(error.value)
     assert "\n" not in message and str(root) in message and dataset.LAYOUT in message
     assert ("dataset.download=true" in message) == (dataset is not StanfordCars)
+
+
+def test_voc2007_refuses_a_subset_list(tmp_path):
+    with pytest.raises(S3LError, match="dataset.subset does not apply to VOC2007: subset lists give one class per image"):
+        VOC2007(str(_voc(tmp_path)), "train", subset=str(tmp_path / "subset.json"))
