@@ -79,10 +79,27 @@ def summarize(root: Path, out: Path) -> list[dict]:
     write_csv(rows, out / "summary.csv")
     (out / "summary.md").write_text(markdown_table(rows, root))
     plot_accuracy_vs_cost(rows, out / "accuracy_vs_cost.png")
-    transfer = transfer_rows(found)
-    if len({r["dataset"] for r in transfer}) > 1:
-        write_transfer(transfer, out)
+    if is_transfer_sweep(rows):
+        write_transfer(transfer_rows(found), out)
     return rows
+
+
+def is_transfer_sweep(rows: list[dict]) -> bool:
+    """Runs over more than one dataset: what the transfer table is for."""
+    return len({r["dataset"] for r in rows}) > 1
+
+
+def print_summary(rows: list[dict], out: Path) -> None:
+    """The Markdown tables that `summarize` wrote to `out`, then the path of every file it wrote."""
+    names = ["summary.csv", "summary.md", "accuracy_vs_cost.png"]
+    if is_transfer_sweep(rows):
+        names += ["transfer.csv", "transfer.md", "transfer.png"]
+    for name in names:
+        if name.endswith(".md"):
+            print((out / name).read_text())
+    for name in names:
+        print(out / name)
+    print(f"{len(rows)} run(s)")
 
 
 def transfer_rows(found: list[tuple[Path, dict]]) -> list[dict]:
@@ -240,10 +257,7 @@ class SummarizeSweep(Callback):
         except S3LError as err:  # e.g. every run failed: nothing to summarise, the runs said why
             print(f"summary: {err}", file=sys.stderr)
             return
-        print((sweep_dir / "summary.md").read_text())
-        if len({r["dataset"] for r in rows}) > 1:
-            print((sweep_dir / "transfer.md").read_text())
-        print(f"summary files in {sweep_dir}")
+        print_summary(rows, sweep_dir)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -261,14 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.wandb_project:
         publish_to_wandb(rows, args.wandb_project, out)
-    print((out / "summary.md").read_text())
-    names = ["summary.csv", "summary.md", "accuracy_vs_cost.png"]
-    if len({r["dataset"] for r in rows}) > 1:
-        print((out / "transfer.md").read_text())
-        names += ["transfer.csv", "transfer.md", "transfer.png"]
-    for name in names:
-        print(out / name)
-    print(f"{len(rows)} run(s)")
+    print_summary(rows, out)
     return 0
 
 
