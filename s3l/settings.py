@@ -188,7 +188,7 @@ class KNNStageSettings(EvaluationSettings):
 
 @dataclass
 class FeaturesSettings(EvaluationSettings):
-    map: Literal["tsne", "umap", "none"]
+    embedding: Literal["tsne", "umap", "none"]  # not `map`: that is VOC's metric
     max_points: PositiveInt
 
 

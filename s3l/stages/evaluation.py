@@ -180,10 +180,10 @@ class FeaturesStage(EvaluationStage):
         save_features(stage_dir / "features.npz", train_x, train_y, test_x, test_y, list(train.classes))
         metrics = {"feature_dim": int(train_x.shape[1]), "train_images": len(train),
                    "test_images": len(test), "features": str(stage_dir / "features.npz")}
-        if s.map != "none":
+        if s.embedding != "none":
             labels = test_y if test_y.dim() == 1 else test_y.clamp(min=0).argmax(dim=1)  # multi-label: first class
-            plot_embedding(test_x, labels, list(train.classes), stage_dir / "embedding.png", method=s.map,
+            plot_embedding(test_x, labels, list(train.classes), stage_dir / "embedding.png", method=s.embedding,
                            seed=self.cfg.seed, max_points=s.max_points,
-                           title=f"{self.cfg.dataset.name} test split, {s.architecture} ({s.map})")
-            metrics["map"] = str(stage_dir / "embedding.png")
+                           title=f"{self.cfg.dataset.name} test split, {s.architecture} ({s.embedding})")
+            metrics["embedding"] = str(stage_dir / "embedding.png")
         return metrics

@@ -66,7 +66,7 @@ def test_features_stage_writes_the_embeddings_and_a_map(compose_cfg, tmp_path, d
     saved = load_features(m["features"])
     assert saved.train_features.shape == (1437, 512) and saved.test_features.shape == (360, 512)
     assert list(saved.train_labels) == digits[0].targets
-    with open(m["map"], "rb") as png:
+    with open(m["embedding"], "rb") as png:
         assert png.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
