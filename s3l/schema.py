@@ -64,6 +64,7 @@ NonNegativeFloat = Annotated[float, NON_NEGATIVE]
 UnitFloat = Annotated[float, UNIT]
 Architecture = Literal[ARCHITECTURES]  # type: ignore[valid-type]
 Stem = Literal[STEMS]  # type: ignore[valid-type]
+StemChoice = Literal[(*STEMS, "auto")]  # type: ignore[valid-type]  # auto: settled before a run (validate.py)
 LRSchedule = Literal[LR_SCHEDULES]  # type: ignore[valid-type]
 
 _MISSING = object()

@@ -24,7 +24,7 @@ from s3l.schema import (
     PositiveFloat,
     PositiveInt,
     Range,
-    Stem,
+    StemChoice,
     UnitFloat,
     check,
 )
@@ -43,7 +43,7 @@ BatchLimit = PositiveInt | Annotated[float, Range(0, 1, low_inclusive=False)] | 
 class ArchitectureSettings:
     name: Architecture
     full_name: Architecture
-    stem: Stem
+    stem: StemChoice
 
 
 @dataclass
@@ -255,6 +255,7 @@ class RunSettings:
     resume: bool
     print_config: bool
     backbone: str | None = None  # the transfer experiments: the backbone their stages start from
+    subset: str | None = None  # the small-ImageNet experiments: the subset.json their dataset.subset reads
 
 
 GROUPS = {"architecture": ArchitectureSettings, "resolution": ResolutionSettings, "augmentation": Augmentation,

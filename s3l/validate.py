@@ -8,17 +8,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from s3l.config import StageSpec
 from s3l.data.datasets import check_dataset_config
 from s3l.errors import S3LError
 from s3l.settings import check_settings
 from s3l.stages.base import build_stage, stage_class
+from s3l.stages.build import chain_stem
 
 
 def validate_config(cfg: DictConfig, specs: list[StageSpec]) -> None:
-    """Checks that need only the config (and the file system for paths)."""
+    """Checks that need only the config (and the file system for paths); settles `architecture.stem: auto`."""
     missing = [key for key in cfg if OmegaConf.is_missing(cfg, key)]  # `???` in an experiment: the user's part
     if missing:
         shown = missing[0]
@@ -32,20 +33,23 @@ def validate_config(cfg: DictConfig, specs: list[StageSpec]) -> None:
     check_dataset_config(cfg.dataset)
     _validate_first_init(specs[0])
     for spec in specs:
-        _validate_stage(cfg, spec)
+        _validate_init_path(spec)
+    with open_dict(cfg):
+        cfg.architecture.stem = chain_stem(cfg, specs)
+    for spec in specs:
+        build_stage(cfg, spec).check_config()
     for previous, spec in zip(specs, specs[1:]):
         if spec.cfg.init == "previous":
             build_stage(cfg, spec).check_handover(previous)
 
 
-def _validate_stage(cfg: DictConfig, spec: StageSpec) -> None:
+def _validate_init_path(spec: StageSpec) -> None:
     s, key = spec.cfg, spec.key
     if s.init not in (None, "previous") and not Path(str(s.init)).exists():
         raise S3LError(
             f"{key}.init={s.init} does not exist: give a backbone.pt, a stage directory, a .ckpt or an "
             "original S3L/MoCo checkpoint (or init=null for random initialisation)"
         )
-    build_stage(cfg, spec).check_config()
 
 
 def _validate_first_init(first: StageSpec) -> None:

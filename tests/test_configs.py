@@ -25,7 +25,7 @@ def test_every_experiment_composes_validates_and_instantiates(compose_cfg, exper
     # Every dataset's root set (validation checks that it is; only building a dataset reads it).
     overrides = [f"experiment={experiment}", *(f"paths.datasets.{name}={CUB_SUBSET}" for name in DATASETS)]
     backbone = tmp_path / "backbone.pt"
-    backbone.touch()
+    torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, backbone)  # what validation reads: the stem's conv1
     if experiment == "cub_linear":
         overrides.append(f"stages.linear.init={backbone}")
     if "backbone: ???" in (CONFIGS / "experiment" / f"{experiment}.yaml").read_text():

@@ -24,6 +24,19 @@ _SPECS: dict[str, tuple[type[BasicBlock] | type[Bottleneck], list[int], bool]] =
 
 ARCHITECTURES: tuple[str, ...] = tuple(_SPECS)
 STEMS: tuple[str, ...] = ("imagenet", "cifar")
+# `architecture.stem: auto` picks the CIFAR stem when every stage of a run is at most this size: there the
+# 7x7/2 conv and max-pool would leave conv5 a single pixel (32 px -> 8 px at conv2 -> 1 px at conv5).
+CIFAR_STEM_MAX_RESOLUTION = 32
+
+
+def stem_of(state: dict[str, torch.Tensor]) -> str:
+    """The stem a backbone's state dict was built with: its conv1 kernel is 3x3 for the CIFAR stem."""
+    return "cifar" if state["conv1.weight"].shape[-1] == 3 else "imagenet"
+
+
+def stem_for_resolutions(resolutions: list[int]) -> str:
+    """The stem `auto` gives a network trained from scratch at these input sizes."""
+    return "cifar" if max(resolutions) <= CIFAR_STEM_MAX_RESOLUTION else "imagenet"
 
 
 def build_backbone(name: str, stem: str = "imagenet") -> ResNet:

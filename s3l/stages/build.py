@@ -32,8 +32,9 @@ from s3l.data.resident import resident_classify_datamodule, resident_pretrain_da
 from s3l.data.sampling import stage_seed
 from s3l.data.transforms import eval_transform
 from s3l.data.views import smallest_min_scale, view_specs
+from s3l.errors import S3LError
 from s3l.loggers import build_loggers
-from s3l.models.resnet import backbone_flops, build_backbone
+from s3l.models.resnet import backbone_flops, build_backbone, stem_for_resolutions, stem_of
 from s3l.resume import ResumePoint, last_checkpoint
 
 log = logging.getLogger("s3l")
@@ -81,12 +82,40 @@ def init_source(spec: StageSpec, previous_dir: Path | None) -> Path | None:
     return Path(str(spec.cfg.init))
 
 
+def backbone_file(source: Path) -> Path:
+    """The weights file of an init source: a stage directory's backbone.pt, or the file itself."""
+    return source / "backbone.pt" if source.is_dir() else source
+
+
+def chain_stem(cfg: DictConfig, specs: list[StageSpec]) -> str:
+    """The stem of the run's network: `architecture.stem`, or for `auto` the stem of the backbone file a stage
+    starts from, else the one that suits every stage's resolution. A stem that contradicts that backbone's is
+    refused here, before anything is read."""
+    starts = {str(s.cfg.init): stem_of(read_backbone_state(backbone_file(Path(str(s.cfg.init))))[0])
+              for s in specs if s.cfg.init not in (None, "previous")}
+    chosen = cfg.architecture.stem
+    for init, stem in starts.items():
+        if chosen not in ("auto", stem):
+            raise S3LError(
+                f"architecture.stem={chosen} (from the experiment or the command line) but the backbone {init} has "
+                f"the {stem} stem: pass architecture.stem=auto (it follows the backbone) or start from a backbone "
+                f"with the {chosen} stem"
+            )
+    if chosen != "auto":
+        return chosen
+    if len(set(starts.values())) > 1:
+        raise S3LError(f"the stages start from backbones with different stems ({starts}): give them one stem")
+    if starts:
+        return next(iter(starts.values()))
+    return stem_for_resolutions([s.cfg.resolution for s in specs])
+
+
 def load_init(backbone: torch.nn.Module, source: Path | None, allow_missing_prefixes: tuple[str, ...] = ()) -> str:
     """Load a stage directory's (or a file's) backbone weights, strictly but for the allowed missing prefixes;
     returns a one-line description for the logs and results."""
     if source is None:
         return "random"
-    file = source / "backbone.pt" if source.is_dir() else source
+    file = backbone_file(source)
     state, meta = read_backbone_state(file)
     load_backbone(backbone, state, source=str(file), meta=meta, allow_missing_prefixes=allow_missing_prefixes)
     return f"backbone from {file}"

@@ -12,6 +12,7 @@ from s3l.evaluation.embedding import load_features
 from s3l.evaluation.kshot import kshot_indices
 from s3l.stages.base import build_stage
 from s3l.stages.build import build_datasets
+from s3l.validate import validate_config
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +26,7 @@ def run_stage(compose_cfg, tmp_path, digits, stage: str, *overrides: str) -> dic
     cfg = compose_cfg(f"stage={stage}", "stage.init=null", "architecture=resnet10", "stage.resolution=16",
                       "dataset.num_workers=0", *overrides)
     (spec,) = stage_specs(cfg)
+    validate_config(cfg, [spec])  # as the chain does: settles architecture.stem=auto (cifar at 16 px)
     stage_dir = tmp_path / f"{stage}_{abs(hash(overrides))}"
     result = build_stage(cfg, spec).run(stage_dir, None, digits)
     assert json.loads((stage_dir / "results.json").read_text()) == result
