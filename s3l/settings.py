@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 from hydra.utils import get_method
 from omegaconf import DictConfig
 
-from s3l.data.datasets import dataset_class
+from s3l.data.datasets import DATA_FORMATS, dataset_class
 from s3l.data.views import Augmentation
 from s3l.errors import S3LError
 from s3l.methods.base import STAGE_SUPPLIED, method_class
@@ -71,6 +71,18 @@ class DatasetProtocols:
 
 
 @dataclass
+class StreamSettings:
+    """LitData streaming shards (dataset.format=litdata, s3l.data.stream)."""
+
+    dir: str
+    storage: Literal["jpeg", "raw"]
+    quality: Annotated[int, Range(1, 100)]
+    build_workers: PositiveInt
+    chunk_bytes: str
+    max_cache_size: str
+
+
+@dataclass
 class DatasetSettings:
     """What every dataset YAML holds besides its class's own settings (root, bad_images, subset, ...)."""
 
@@ -85,6 +97,8 @@ class DatasetSettings:
     resident: bool
     resident_memory_fraction: Annotated[float, Range(0, 1, low_inclusive=False)]
     cache_dir: str | None = None  # datasets the resized-image cache can serve
+    format: Literal[DATA_FORMATS] | None = None  # type: ignore[valid-type]  # datasets read from image files
+    stream: StreamSettings | None = None
 
 
 @dataclass

@@ -168,32 +168,57 @@ def scalar_metrics(trainer: L.Trainer) -> dict[str, float]:
     return {key: float(value) for key, value in trainer.callback_metrics.items() if value.numel() == 1}
 
 
+def rng_states() -> dict[str, Any]:
+    """The Python, NumPy, torch (and initialised CUDA) generator states, as plain lists and tensors, so that a
+    checkpoint holding them still loads with torch.load(weights_only=True)."""
+    name, keys, position, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [name, keys.tolist(), position, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_states(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), position, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 class RNGStateCheckpoint(L.Callback):
     """Save and restore the Python, NumPy and torch RNG states with every checkpoint, so that a run
     resumed from an end-of-epoch checkpoint draws the same shuffles and augmentations as one that
-    never stopped (Lightning restores model, optimizer and loops, but not the RNGs)."""
+    never stopped (Lightning restores model, optimizer and loops, but not the RNGs).
+
+    A mid-epoch resume (a loader that continues its epoch, e.g. LitData's) creates the epoch's loader iterator
+    after the restore, which draws a base seed from torch's generator; the run that never stopped drew it at
+    the epoch's start. So the states are set again at the first batch of a resume that did not start an epoch.
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[str, Any] | None = None
 
     def state_dict(self) -> dict[str, Any]:
-        # Plain lists and tensors only, so the checkpoint still loads with torch.load(weights_only=True).
-        name, keys, position, has_gauss, cached = np.random.get_state()
-        state = {
-            "python": random.getstate(),
-            "numpy": [name, keys.tolist(), position, has_gauss, cached],
-            "torch": torch.get_rng_state(),
-        }
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            state["cuda"] = torch.cuda.get_rng_state_all()
-        return state
+        return rng_states()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        version, internal, gauss = state_dict["python"]
-        random.setstate((version, tuple(internal), gauss))
-        name, keys, position, has_gauss, cached = state_dict["numpy"]
-        np.random.set_state((name, np.array(keys, dtype=np.uint32), position, has_gauss, cached))
-        torch.set_rng_state(state_dict["torch"])
-        if "cuda" in state_dict and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state_dict["cuda"])
+        set_rng_states(state_dict)
+        self._pending = state_dict
 
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._pending = None  # an epoch-start resume: the states set at load time come before the same draws
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx: int) -> None:
+        if self._pending is not None:
+            set_rng_states(self._pending)
+            self._pending = None
 
 class PreemptionCheckpoint(L.Callback):
     """On SIGTERM (or SIGUSR1 where SLURM's own requeue handler is not installed) save `last.ckpt` at the

@@ -7,7 +7,8 @@ JPEG and then throws most of its pixels away, twice per image (query and key vie
 image once, resizes it so its shorter side is just large enough for the pretraining crops
 (`cache_short_side`), and stores the pixels as raw uint8 RGB in one memory-mapped `.npy` per split.
 
-Raw pixels rather than re-encoded JPEG (or litdata, which would store the same bytes behind more machinery):
+Raw pixels rather than re-encoded JPEG (LitData's compressed shards, `dataset.format=litdata` in `s3l.data.stream`,
+are for data beyond one machine's disk):
 reading a cached 251 x 335 image is a memory copy (~0.1 ms) where decoding it from a quality-95 JPEG takes
 ~1 ms (PIL; ~0.6 ms with torchvision.io.decode_jpeg), a quarter of what is left per image at 112 px on one
 CPU core. The price is disk: 3 bytes per pixel (CUB train, 5,994 images: ~0.4 GB at 56 px, ~1.5 GB at 112).
@@ -127,32 +128,40 @@ def build_resized_cache(dataset: Dataset, target_short_side: int, cache_dir: Pat
     if (final / META).is_file():
         logger.info("using the resized image cache %s", final)
         return final
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    # One builder at a time (DDP ranks, parallel sweep jobs): the others wait, then find its cache finished.
-    lock = ProcessLock(cache_dir / f".{name}.lock")
-    lock.acquire()
-    try:
-        if not (final / META).is_file():
-            _build(dataset, target_short_side, final)
-    finally:
-        lock.release()
+    started = time.perf_counter()
+    if build_once(final, META, lambda folder: _write_cache(dataset, target_short_side, folder)):
+        megabytes = (final / PIXELS).stat().st_size / 2**20
+        logger.info("built the resized image cache %s (%d images, %.0f MB) in %.1f s",
+                    final, len(dataset.samples), megabytes, time.perf_counter() - started)
     return final
 
 
-def _build(dataset: Dataset, short_side: int, final: Path) -> None:
-    """Write the cache into a temporary folder and rename it to `final` (call it holding the lock)."""
-    for stale in final.parent.glob(f".{final.name}.tmp-*"):  # what an interrupted builder left
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
-    start = time.perf_counter()
+def build_once(final: Path, marker: str, write) -> bool:
+    """Make `final` by `write(folder)` unless it already holds `marker` (the file written last); True if built.
+
+    One builder at a time (DDP ranks, parallel sweep jobs) under an exclusive lock beside it: the others wait,
+    then find it finished. `write` fills a temporary folder that is renamed into place, so an interrupted build
+    leaves nothing that looks finished, and the next builder removes what it left.
+    """
+    if (final / marker).is_file():
+        return False
+    final.parent.mkdir(parents=True, exist_ok=True)
+    lock = ProcessLock(final.parent / f".{final.name}.lock")
+    lock.acquire()
     try:
-        _write_cache(dataset, short_side, tmp)
-        os.rename(tmp, final)
+        if (final / marker).is_file():
+            return False
+        for stale in final.parent.glob(f".{final.name}.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
+        try:
+            write(tmp)
+            os.rename(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)  # already gone after the rename; a partial build otherwise
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # already gone after the rename; a partial build otherwise
-    megabytes = (final / PIXELS).stat().st_size / 2**20
-    logger.info("built the resized image cache %s (%d images, %.0f MB) in %.1f s",
-                final, len(dataset.samples), megabytes, time.perf_counter() - start)
+        lock.release()
+    return True
 
 
 def _write_cache(dataset: Dataset, short_side: int, folder: Path) -> None:
@@ -167,7 +176,7 @@ def _write_cache(dataset: Dataset, short_side: int, folder: Path) -> None:
     pixels = np.lib.format.open_memmap(folder / PIXELS, mode="w+", dtype=np.uint8, shape=(int(lengths.sum()),))
     # Decoding and resizing release the GIL, so threads use every core.
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        resized = pool.map(_load_resized, paths, sizes)
+        resized = pool.map(load_resized, paths, sizes)
         for offset, array in track(zip(offsets, resized), total=len(paths),
                                    description=f"caching images at {short_side} px"):
             pixels[offset : offset + array.size] = array.reshape(-1)
@@ -185,7 +194,7 @@ def _write_cache(dataset: Dataset, short_side: int, folder: Path) -> None:
     (folder / META).write_text(json.dumps(meta))
 
 
-def _load_resized(path: Path, size: tuple[int, int]) -> np.ndarray:
+def load_resized(path: Path, size: tuple[int, int]) -> np.ndarray:
     image = load_rgb(path)
     if image.size != size:
         image = image.resize(size, RESAMPLE)

@@ -10,6 +10,7 @@ is one S3LError naming the file (and line), never a traceback or a silently smal
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import logging
 import os
@@ -33,6 +34,7 @@ logger = logging.getLogger("s3l.data")
 
 SPLITS = ("train", "test")
 BAD_IMAGE_POLICIES = ("skip", "fail")
+DATA_FORMATS = ("files", "litdata")  # how pretraining reads a file-backed dataset (dataset.format)
 BadImages = Literal[BAD_IMAGE_POLICIES]  # type: ignore[valid-type]
 # Files with these extensions are looked at (case-insensitive); anything else in a class folder is ignored.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
@@ -234,15 +236,28 @@ def check_dataset_config(dataset: DictConfig) -> None:
     if getattr(cls, "cacheable", False):
         if dataset.get("subset") is not None:
             read_subset(dataset.subset)  # a missing or malformed list fails now, before any image is read
+        if dataset.get("format") == "litdata":
+            _check_streaming(dataset)
         return
-    for key, off, what in (("cache", False, "caches resized images of"),
+    for key, off, what in (("format", "files", "streams shards of"),
+                           ("cache", False, "caches resized images of"),
                            ("resident", False, "loads the resized-image cache of"),
                            ("subset", None, "keeps listed files of")):
         value = dataset.get(key, off)
         if value not in (off, None):
-            shown, reset = ("true", "false") if value is True else (value, "null")
+            shown, reset = ("true", "false") if value is True else (value, off or "null")
             raise S3LError(f"dataset.{key}={shown} {what} a single-label dataset read from image files, not "
                            f"dataset={dataset.name}: set dataset.{key}={reset}")
+
+
+def _check_streaming(dataset: DictConfig) -> None:
+    for key, what in (("cache", "the memory-mapped cache"), ("resident", "device-resident data")):
+        if dataset.get(key):
+            raise S3LError(f"dataset.format=litdata and dataset.{key}=true are two stores of the same resized images "
+                           f"(LitData shards, {what}): set dataset.{key}=false, or dataset.format=files")
+    if importlib.util.find_spec("litdata") is None:
+        raise S3LError("dataset.format=litdata needs LitData, which is not installed: pip install -e '.[stream]' "
+                       "(or pip install litdata), or use dataset.format=files")
 
 
 def _check_split(split: str) -> None:

@@ -47,10 +47,15 @@ def build_datasets(cfg: DictConfig) -> tuple:
 
 def pretrain_datamodule(cfg: DictConfig, spec: StageSpec, train) -> L.LightningDataModule:
     """Two augmented views of every training image (upstream drop_last=True: a queue and split BatchNorm need
-    whole batches); from the resized-image cache, or resident on the device, when the dataset asks for it."""
+    whole batches); from the resized-image cache, resident on the device, or streamed from LitData shards, when
+    the dataset asks for it."""
     s = spec.cfg
     if cfg.dataset.resident:
         return resident_pretrain_datamodule(cfg, spec, train)
+    if cfg.dataset.get("format") == "litdata":
+        from s3l.data.stream import stream_pretrain_datamodule  # LitData only where it is used (an extra)
+
+        return stream_pretrain_datamodule(cfg, spec, train)
     views, fast = view_specs(cfg.augmentation), bool(cfg.dataset.cache)
     if fast:
         side = cache_short_side(s.resolution, smallest_min_scale(views))

@@ -69,6 +69,10 @@ class PretrainStage(TrainingStage):
         knn, s = self.spec.cfg.get("knn"), self.spec.cfg
         if not knn or knn.every_n_epochs <= 0:
             return None
+        if self.cfg.dataset.get("format") == "litdata":
+            from s3l.data.stream import streamed_splits  # LitData only where it is used (an extra)
+
+            train, test = streamed_splits(self.cfg, self.spec, train, test)
         transform = eval_transform(s.resolution)
         loaders = [loader(Transformed(split, transform), s.batch_size, self.cfg.dataset.num_workers)
                    for split in (train, test)]

@@ -99,7 +99,7 @@ def test_cache_is_built_once_and_reused_without_decoding(photos, tmp_path, monke
     def no_decoding(*args):
         raise AssertionError("the cache was rebuilt")
 
-    monkeypatch.setattr(cache, "_load_resized", no_decoding)
+    monkeypatch.setattr(cache, "load_resized", no_decoding)
     assert build_resized_cache(photos, 48, tmp_path) == folder
     assert os.stat(folder / cache.PIXELS).st_mtime_ns == stamp
     assert entries(tmp_path) == [folder.name]  # no temporary folder left behind
@@ -129,7 +129,7 @@ def test_an_interrupted_build_leaves_no_cache(photos, tmp_path, monkeypatch):
     def broken(path, size):
         raise OSError("disk full")
 
-    monkeypatch.setattr(cache, "_load_resized", broken)
+    monkeypatch.setattr(cache, "load_resized", broken)
     with pytest.raises(OSError, match="disk full"):
         build_resized_cache(photos, 48, tmp_path)
     assert entries(tmp_path) == []
@@ -151,13 +151,13 @@ def test_the_next_build_removes_what_a_killed_build_left(photos, tmp_path):
 
 def test_concurrent_builders_build_once_and_share_the_cache(photos, tmp_path, monkeypatch):
     decoded_paths = []
-    load = cache._load_resized
+    load = cache.load_resized
 
     def counting(path, size):
         decoded_paths.append(path)
         return load(path, size)
 
-    monkeypatch.setattr(cache, "_load_resized", counting)
+    monkeypatch.setattr(cache, "load_resized", counting)
     with ThreadPoolExecutor(max_workers=4) as pool:  # flock locks are per open file: threads contend too
         folders = set(pool.map(lambda _: build_resized_cache(photos, 48, tmp_path), range(4)))
     assert len(folders) == 1 and len(decoded_paths) == len(photos.samples)
