@@ -17,15 +17,19 @@ from s3l.settings import check_settings
 from s3l.stages.base import build_stage, stage_class
 from s3l.stages.build import chain_stem
 
+# What a required top-level key of an experiment (`???`) takes.
+REQUIRED_HINTS = {
+    "backbone": " (a backbone.pt, a stage directory, a .ckpt or an original S3L/MoCo checkpoint)",
+    "subset": " (the subset.json that `python -m s3l.subsets` writes beside the subset it builds)",
+}
+
 
 def validate_config(cfg: DictConfig, specs: list[StageSpec]) -> None:
     """Checks that need only the config (and the file system for paths); settles `architecture.stem: auto`."""
     missing = [key for key in cfg if OmegaConf.is_missing(cfg, key)]  # `???` in an experiment: the user's part
     if missing:
         shown = missing[0]
-        raise S3LError(f"{shown} is required by this experiment and not set: pass {shown}=..."
-                       + (" (a backbone.pt, a stage directory, a .ckpt or an original S3L/MoCo checkpoint)"
-                          if shown == "backbone" else ""))
+        raise S3LError(f"{shown} is required by this experiment and not set: pass {shown}=..." + REQUIRED_HINTS.get(shown, ""))
     if not specs:
         raise S3LError("the chain is empty: set chain=[...] or pick a stage with stage=<name>")
     check_settings(cfg, [(spec.key, spec.cfg) for spec in specs])
