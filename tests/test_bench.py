@@ -74,6 +74,14 @@ def test_bench_measures_every_section_and_writes_json_and_markdown(tmp_path):
         assert heading in markdown and heading in proc.stdout
     assert "| resnet10 | 32 |" in markdown and "| project + device | / plain |" in markdown
     assert "Pretraining throughput per method" in markdown and "| byol | resnet10 | 32 |" in markdown
+    stream = results["stream"]  # LitData is a dev dependency
+    assert [(r["resolution"], r["storage"]) for r in stream] == [(32, "jpeg"), (32, "raw")]
+    for row in stream:
+        assert row["build_images_per_s"] > 0 and row["images_per_s"] > 0 and row["epoch_start_s"] > 0
+    raw_size = next(r["megabytes"] for r in stream if r["storage"] == "raw")
+    assert raw_size == pytest.approx(cache["megabytes"], rel=0.1)  # the same pixels, in chunks
+    assert next(r["megabytes"] for r in stream if r["storage"] == "jpeg") < raw_size
+    assert "Streaming shards (LitData)" in markdown and "| 32 | jpeg |" in markdown
 
 
 @pytest.mark.parametrize(("flags", "message"), [

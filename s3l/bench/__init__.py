@@ -20,6 +20,9 @@ Sections (`--sections`):
 - e2e: whole short runs (`--e2e-epochs`, default 20) as fresh processes, timed whole: `train.py stage=pretrain`
   with its defaults against `python -m s3l.bench.plain`, a plain script with persistent workers on the same
   cache, views, model and kNN epochs (first architecture and resolution).
+- stream: LitData shards (dataset.format=litdata, JPEG and raw) of the train split: build images/s and size
+  against the cache's, and the streamed two-view read against the cache (fast) and the original files (data
+  section); needs LitData (`pip install -e '.[stream]'`), skipped with a line without it.
 
 An image is one dataset image delivered as two augmented views (query and key). Rates are the median over
 `--windows` windows of `--steps` batches, after `--warmup` batches (at least the 2 x workers batches that
@@ -29,5 +32,5 @@ Writes `<out>/bench.json` and `<out>/bench.md` and prints the tables.
 
 Modules: `cli` (arguments, caches, main), `data` (pipelines, loaders, the data section), `training` (the two
 training loops, the train and epoch sections), `plain` (the plain loop's step and script), `endtoend` (the e2e
-section), `report` (bench.md); `gpu` (`python -m s3l.bench.gpu`, the prepared one-GPU benchmark).
+section), `stream` (the stream section), `report` (bench.md); `gpu` (`python -m s3l.bench.gpu`, the prepared one-GPU benchmark).
 """

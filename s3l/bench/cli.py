@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import os
 import platform
@@ -25,7 +26,7 @@ from s3l.data.cache import CachedImages, build_resized_cache, cache_short_side
 from s3l.data.datasets import CUB200
 from s3l.data.views import ViewSpec, smallest_min_scale, view_specs
 
-SECTIONS = ("data", "profile", "train", "epoch", "e2e")
+SECTIONS = ("data", "profile", "train", "epoch", "e2e", "stream")
 # glibc reads these when a process starts. By default it serves large blocks (>= 128 KiB, raised
 # dynamically up to 32 MiB) with fresh mmaps and returns freed heap tops to the OS, so a CPU training step
 # can page-fault its activations in anew each time, by an amount that depends on the process's allocation
@@ -149,6 +150,13 @@ def main(argv: list[str] | None = None) -> dict:
         results["epoch"] = bench_epoch(args, datasets, scratch)
     if "e2e" in args.sections:
         results["e2e"] = bench_endtoend(args, len(datasets["original"]), scratch)
+    if "stream" in args.sections:
+        if importlib.util.find_spec("litdata") is None:
+            print("stream: skipped (LitData is not installed: pip install -e '.[stream]')", flush=True)
+        else:
+            from s3l.bench.stream import bench_stream  # LitData only where it is used (an extra)
+
+            results["stream"] = bench_stream(args, datasets["original"], views, scratch)
     results["machine"]["load_average_end"] = os.getloadavg()
     shutil.rmtree(scratch, ignore_errors=True)
     (args.out / "bench.json").write_text(json.dumps(results, indent=2))

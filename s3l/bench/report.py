@@ -37,7 +37,29 @@ def markdown(results: dict) -> str:
         lines += epoch_table(results["epoch"], s["resolutions"])
     if "e2e" in results:
         lines += endtoend_table(results["e2e"])
+    if "stream" in results:
+        lines += stream_table(results["stream"], results["cache"], results.get("data", []))
     return "\n".join(lines) + "\n"
+
+
+def stream_table(rows: list[dict], cache: list[dict], data: list[dict]) -> list[str]:
+    """Shards against the cache (build, size) and against the cache and the original files (read; the shards'
+    rate is within epochs, the others' over shuffled batches with no epoch boundary)."""
+    lines = ["", "## Streaming shards (LitData) against the memory-mapped cache and the original JPEG files", "",
+             "| resolution | storage | build img/s | build / cache build | size MB | size / cache | "
+             "read img/s | read / cache (fast) | read / original | s to an epoch's first batch |",
+             "|---:|---|" + "---:|" * 8]
+    for row in rows:
+        built = next(c for c in cache if c["resolution"] == row["resolution"])
+        read = {r["pipeline"]: r["images_per_s"] for r in data if r["resolution"] == row["resolution"]}
+        cache_rate = row["images_per_s"] / read["fast"] if "fast" in read else None
+        original_rate = row["images_per_s"] / read["original"] if "original" in read else None
+        cells = [f"{row['build_images_per_s']:.0f}", f"{built['build_s'] / row['build_s']:.2f}x",
+                 f"{row['megabytes']:.1f}", f"{row['megabytes'] / built['megabytes']:.2f}x",
+                 f"{row['images_per_s']:.0f}", "-" if cache_rate is None else f"{cache_rate:.2f}x",
+                 "-" if original_rate is None else f"{original_rate:.2f}x", f"{row['epoch_start_s']:.2f}"]
+        lines.append(f"| {row['resolution']} | {row['storage']} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def data_table(rows: list[dict], resolutions: list[int], pipelines: list[str]) -> list[str]:
