@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from s3l.distributed import concat_all_gather
 from s3l.methods.mocov2 import MoCoV2
+from tests.conftest import CUB_SUBSET
 from tests.test_distributed import _free_port
 
 WORLD = 2
@@ -202,3 +203,18 @@ def test_ddp_simclr_pretraining_gathers_the_global_batch_on_both_processes(train
     (pretrain,) = run.results()["stages"]
     assert pretrain["cost"]["train_images"] == PER_STAGE_STEPS * GLOBAL_BATCH
     assert pretrain["metrics"]["train/loss"] > 0 and "GLOBAL_RANK: 1" in run.output
+
+
+@pytest.mark.slow
+def test_ddp_streamed_pretraining_shares_the_shards_between_the_processes(train, tmp_path):
+    """dataset.format=litdata under a real 2-process DDP run: one build (the other rank waits for it), each rank
+    streams its half of the batch, and the kNN monitor reads both splits whole from their shards on each rank."""
+    pytest.importorskip("litdata")
+    run = train([*DDP_TINY, "stage=pretrain", "experiment=cub_112_mocov2", f"dataset.root={CUB_SUBSET}",
+                 "architecture=resnet10", "architecture.stem=imagenet", "resolution=32", "dataset.format=litdata",
+                 f"dataset.stream.dir={tmp_path / 'shards'}", "stage.knn.every_n_epochs=1"], timeout=TIMEOUT_S)
+    assert run.returncode == 0, run.output[-3000:]
+    (stage,) = run.results()["stages"]
+    assert stage["cost"]["train_images"] == PER_STAGE_STEPS * GLOBAL_BATCH
+    assert 0.0 < stage["metrics"]["knn_top1"] <= 1.0
+    assert len(list((tmp_path / "shards").glob("cub200_*"))) == 2  # train and test, built once

@@ -196,3 +196,19 @@ def test_a_killed_run_resumes_the_epoch_where_its_checkpoint_left_it(monkeypatch
     second_epoch = [i for e, i in kept + resumed.seen if e == 1]
     assert len(second_epoch) == len(set(second_epoch))  # no sample twice
     assert kept + resumed.seen == straight.seen  # and the same samples, in the same order, as without the crash
+
+
+@pytest.mark.parametrize("augment_on", ["workers", "device"])
+def test_streamed_pretraining_batches_are_two_views_on_either_augmentation_path(compose_cfg, tmp_path, cub,
+                                                                                  augment_on):
+    from s3l.config import stage_specs
+
+    cfg = compose_cfg("experiment=cub_112_mocov2", f"dataset.root={CUB_SUBSET}", "dataset.format=litdata",
+                      "stage=pretrain", "resolution=32", "method.batch_size=8", f"dataset.augment_on={augment_on}",
+                      f"dataset.stream.dir={tmp_path}", "dataset.num_workers=0")
+    (spec,) = stage_specs(cfg)
+    data = stream.stream_pretrain_datamodule(cfg, spec, cub)
+    batch = data.on_after_batch_transfer(next(iter(data.train_dataloader())), 0)  # the device path augments here
+    (query, key), labels = batch
+    assert query.shape == key.shape == (8, 3, 32, 32) and query.dtype == torch.float32 and labels.shape == (8,)
+    assert not torch.equal(query, key)
