@@ -123,7 +123,8 @@ def test_a_missing_subset_is_one_line_before_any_data(compose_cfg, experiment):
     cfg = compose_cfg(f"experiment={experiment}", "paths.datasets.imagenet=/data/imagenet")
     with pytest.raises(S3LError) as error:
         validate_config(cfg, stage_specs(cfg))
-    assert str(error.value) == "subset is required by this experiment and not set: pass subset=..."
+    assert str(error.value) == ("subset is required by this experiment and not set: pass subset=... (the subset.json "
+                                "that `python -m s3l.subsets` writes beside the subset it builds)")
 
 
 def test_imagenet_linear_without_a_backbone_is_one_line(compose_cfg):

@@ -30,7 +30,8 @@ def commands(args: argparse.Namespace, images: int, cache_dir: Path, out: Path) 
     arch, resolution, K = args.archs[0], args.resolutions[0], queue_length(images, args.batch)
     project = [
         sys.executable, str(ROOT / "train.py"), "stage=pretrain", "experiment=cub_mocov2",
-        f"dataset.root={args.root}", f"architecture={arch}", f"resolution={resolution}",
+        f"dataset.root={args.root}", f"architecture={arch}", "architecture.stem=imagenet",  # the plain script's
+        f"resolution={resolution}",
         f"method.batch_size={args.batch}", f"method.epochs={args.e2e_epochs}", f"method.K={K}", "method.m=0.99",
         "dataset.cache=true", f"dataset.cache_dir={cache_dir}", f"dataset.num_workers={args.workers}",
         f"stage.knn.every_n_epochs={args.e2e_knn_every}", f"trainer.precision={args.precision}",

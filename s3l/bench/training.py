@@ -49,7 +49,9 @@ def pretrain_config(arch: str, resolution: int, args: argparse.Namespace, run_di
     overrides = [
         "experiment=s3l", "chain=pretrain_finetune", "dataset=cub200", f"dataset.root={args.root}",
         f"method={method}", "method.warmup_epochs=0", f"augmentation={args.augmentation}",
-        f"architecture={arch}", f"stages.pretrain.resolution={resolution}", f"method.batch_size={args.batch}",
+        # The plain loop's network (s3l.bench.plain): auto would give a tiny bench at 32 px the CIFAR stem.
+        f"architecture={arch}", "architecture.stem=imagenet", f"stages.pretrain.resolution={resolution}",
+        f"method.batch_size={args.batch}",
         f"dataset.num_workers={args.workers}", f"trainer.precision={args.precision}", "trainer.max_epochs=1",
         f"trainer.limit_train_batches={'null' if limit_batches is None else limit_batches}",
         "callbacks.progress_bar=none", "logger=csv",
