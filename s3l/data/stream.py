@@ -1,13 +1,14 @@
 """Streaming shards for data that outgrows one machine (`dataset.format=litdata`): Lightning's LitData.
 
 The memory-mapped cache (`s3l.data.cache`) is one raw-pixel file per dataset and size on the local disk: right for
-CUB's 6k images, about 80 GB for ImageNet at 112 px, and no help to a second node. Here the same resized images
+CUB's 6k images, about 300 GiB for ImageNet at 112 px (248 KiB per image, docs/benchmarks.md), and no help to a
+second node. Here the same resized images
 (short side just large enough for the pretraining crops, `cache_short_side`) are written once by
 `litdata.optimize`, in parallel over processes, as compressed chunks (JPEG at `dataset.stream.quality`, or raw
 pixels, lossless), and read back by LitData's `StreamingDataset` / `StreamingDataLoader`: from a local folder or
 object storage (`s3://...`, chunks downloaded ahead and cached locally), each rank and worker streaming its own
-share of the chunks, shuffled chunk-wise per epoch, and resumable mid-epoch (Lightning saves the loader's state in
-every checkpoint, so a resumed run continues the epoch where it stopped, with no sample seen twice).
+share of the chunks, shuffled chunk-wise per epoch, and resumable mid-epoch (`StreamDataModule` keeps the loader's
+position in every checkpoint, so a resumed run continues the epoch where it stopped, with no sample seen twice).
 
 The views of an image are seeded from (seed, epoch, sample) as on the file path (`s3l.data.sampling`), so the same
 augmentations come whatever the worker or rank that streams it. Shards are keyed like the cache (dataset, subset,
@@ -45,7 +46,7 @@ from s3l.errors import S3LError
 logger = logging.getLogger("s3l")
 
 STORAGES = ("jpeg", "raw")
-INDEX_FILE = "index.json"  # LitData's, written last by `optimize`
+INDEX_FILE = "index.json"  # LitData's index of the chunks: a finished shard folder has it
 META_FILE = "s3l_meta.json"  # ours: the classes, samples and skipped files of the dataset the shards hold
 
 
