@@ -162,8 +162,8 @@ class Recorder(L.LightningModule):
 BATCH = 16
 
 
-def _fit(module, location, ckpt_dir, limit, ckpt_path=None):
-    data = stream.StreamDataModule(location, transform=None, global_batch_size=BATCH, num_workers=0,
+def _fit(module, location, ckpt_dir, limit, workers, ckpt_path=None):
+    data = stream.StreamDataModule(location, transform=None, global_batch_size=BATCH, num_workers=workers,
                                    collate_fn=None, seed=5, max_cache_size="1GB")
     trainer = L.Trainer(max_epochs=2, limit_train_batches=limit, accelerator="cpu", logger=False,
                         enable_checkpointing=False,
@@ -172,26 +172,27 @@ def _fit(module, location, ckpt_dir, limit, ckpt_path=None):
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
 
 
-@pytest.mark.parametrize(("chunk_bytes", "crash_after", "limit"),
-                         [("64KB", 9, None), ("64MB", 9, None), ("64KB", 1, None), ("64KB", 1, 12)])
+@pytest.mark.parametrize(("chunk_bytes", "crash_after", "limit", "workers"),
+                         [("64KB", 9, None, 0), ("64MB", 9, None, 0), ("64KB", 1, None, 0), ("64KB", 1, 12, 0),
+                          ("64KB", 9, None, 2)])
 def test_a_killed_run_resumes_the_epoch_where_its_checkpoint_left_it(monkeypatch, tmp_path, cub, chunk_bytes,
-                                                                      crash_after, limit):
+                                                                      crash_after, limit, workers):
     """crash_after: steps into epoch 2 (checkpoints after epoch 1 and at every 5th step). 9: two steps after the
     mid-epoch checkpoint of step 25; 1: one step after epoch 1's end, also where the trainer ends epochs before
-    the loader does (limit_train_batches). Many chunks, or one."""
+    the loader does (limit_train_batches). Many chunks, or one; loader workers or none."""
     monkeypatch.setattr(stream, "StreamedViews", Indices)
     location = stream.build_shards(cub, "train", SIDE, settings(tmp_path, "jpeg", chunk_bytes=chunk_bytes))
     straight = Recorder()
-    _fit(straight, location, tmp_path / "straight", limit)
+    _fit(straight, location, tmp_path / "straight", limit, workers)
     steps_per_epoch = limit or len(cub.samples) // BATCH
     crash_at = steps_per_epoch + crash_after
     crashed = Recorder(crash_at_step=crash_at)
     with pytest.raises(Crash):
-        _fit(crashed, location, tmp_path / "crashed", limit)
+        _fit(crashed, location, tmp_path / "crashed", limit, workers)
     saved_step = torch.load(tmp_path / "crashed" / "last.ckpt", weights_only=False)["global_step"]
     assert steps_per_epoch <= saved_step < crash_at  # work was lost after the checkpoint
     resumed = Recorder()
-    _fit(resumed, location, tmp_path / "crashed", limit, ckpt_path=tmp_path / "crashed" / "last.ckpt")
+    _fit(resumed, location, tmp_path / "crashed", limit, workers, ckpt_path=tmp_path / "crashed" / "last.ckpt")
     kept = crashed.seen[: saved_step * BATCH]  # what the checkpointed state had trained on
     second_epoch = [i for e, i in kept + resumed.seen if e == 1]
     assert len(second_epoch) == len(set(second_epoch))  # no sample twice
