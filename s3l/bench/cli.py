@@ -16,15 +16,15 @@ import lightning as L
 import torch
 import torchvision
 
-from s3l.bench.data import PIPELINES, bench_data
+from s3l.bench.data import PIPELINES, bench_data, folder_megabytes
 from s3l.bench.endtoend import bench_endtoend
 from s3l.bench.profile import bench_profile
 from s3l.bench.report import markdown
 from s3l.bench.training import CONFIGS, bench_epoch, bench_train, pretrain_config
 from s3l.config import check_group_options
-from s3l.data.cache import CachedImages, build_resized_cache, cache_short_side
+from s3l.data.cache import CachedImages, build_resized_cache, views_short_side
 from s3l.data.datasets import CUB200
-from s3l.data.views import ViewSpec, smallest_min_scale, view_specs
+from s3l.data.views import ViewSpec, view_specs
 
 SECTIONS = ("data", "profile", "train", "epoch", "e2e", "stream")
 # glibc reads these when a process starts. By default it serves large blocks (>= 128 KiB, raised
@@ -119,11 +119,11 @@ def build_caches(args: argparse.Namespace, views: tuple[ViewSpec, ViewSpec],
     datasets: dict = {"original": original}
     builds = []
     for resolution in args.resolutions:
-        side = cache_short_side(resolution, smallest_min_scale(views))
+        side = views_short_side(resolution, views)
         start = time.perf_counter()
         folder = build_resized_cache(original, side, scratch / "cache")
         builds.append({"resolution": resolution, "short_side": side, "build_s": time.perf_counter() - start,
-                       "megabytes": sum(f.stat().st_size for f in folder.iterdir()) / 2**20})
+                       "megabytes": folder_megabytes(folder)})
         datasets[resolution] = CachedImages(folder)
     return datasets, builds
 

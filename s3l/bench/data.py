@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler, default_collate
@@ -41,6 +42,11 @@ def make_loader(dataset: Dataset | ResidentImages, transform, collate, batch: in
     sampler = RandomSampler(dataset, num_samples=None if batches is None else batches * batch)
     return DataLoader(Transformed(dataset, transform), batch_size=batch, sampler=sampler, drop_last=True,
                       num_workers=workers, pin_memory=torch.cuda.is_available(), collate_fn=collate)
+
+
+def folder_megabytes(folder: Path) -> float:
+    """The size of a store of images (the cache, a shard folder)."""
+    return sum(f.stat().st_size for f in folder.iterdir()) / 2**20
 
 
 def bench_device() -> torch.device:

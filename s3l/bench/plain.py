@@ -81,11 +81,11 @@ def main(argv: list[str] | None = None) -> dict:
     """Persistent workers, the same views and cache as the project (`dataset.cache=true`), SGD with the cosine
     per epoch, the same kNN evaluation at the same epochs, the final weights saved once."""
     from s3l.callbacks.knn import embed, weighted_knn_predict
-    from s3l.data.cache import CachedImages, build_resized_cache, cache_short_side
+    from s3l.data.cache import CachedImages, build_resized_cache, views_short_side
     from s3l.data.datamodule import Transformed, pretrain_transform
     from s3l.data.datasets import CUB200
     from s3l.data.transforms import eval_transform
-    from s3l.data.views import smallest_min_scale, view_specs
+    from s3l.data.views import view_specs
     from s3l.optim import build_sgd
 
     args = parse_args(argv)
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
     train = CUB200(args.root, "train")
     test = CUB200(args.root, "test")
     cached = CachedImages(build_resized_cache(
-        train, cache_short_side(args.resolution, smallest_min_scale(views)), args.cache_dir))
+        train, views_short_side(args.resolution, views), args.cache_dir))
     transform, collate = pretrain_transform(args.resolution, views, fast=True)
     loader = DataLoader(Transformed(cached, transform), batch_size=args.batch, shuffle=True, drop_last=True,
                         num_workers=args.workers, collate_fn=collate, persistent_workers=args.workers > 0)

@@ -14,17 +14,13 @@ import statistics
 import time
 from pathlib import Path
 
-from s3l.bench.data import bench_device, synchronize, to_device, window_marks
-from s3l.data.cache import cache_short_side
+from s3l.bench.data import bench_device, folder_megabytes, synchronize, to_device, window_marks
+from s3l.data.cache import views_short_side
 from s3l.data.datamodule import pretrain_transform
 from s3l.data.stream import STORAGES, PositionedLoader, StreamedViews, build_shards
-from s3l.data.views import ViewSpec, smallest_min_scale
+from s3l.data.views import ViewSpec
 
 QUALITY = 95  # configs/dataset_base/files.yaml's dataset.stream.quality
-
-
-def folder_megabytes(location: str) -> float:
-    return sum(f.stat().st_size for f in Path(location).iterdir()) / 2**20
 
 
 def streamed_epochs(args: argparse.Namespace, location: str, resolution: int,
@@ -50,7 +46,7 @@ def streamed_epochs(args: argparse.Namespace, location: str, resolution: int,
 def bench_stream(args: argparse.Namespace, original, views: tuple[ViewSpec, ViewSpec], scratch: Path) -> list[dict]:
     rows = []
     for resolution in args.resolutions:
-        side = cache_short_side(resolution, smallest_min_scale(views))
+        side = views_short_side(resolution, views)
         for storage in STORAGES:
             stream = {"dir": str(scratch / "shards"), "storage": storage, "quality": QUALITY,
                       "build_workers": max(1, args.workers), "chunk_bytes": "64MB", "max_cache_size": "10GB"}
@@ -60,7 +56,7 @@ def bench_stream(args: argparse.Namespace, original, views: tuple[ViewSpec, View
             epochs = streamed_epochs(args, location, resolution, views)
             rates = [e["images_per_s"] for e in epochs[1:]] or [epochs[0]["images_per_s"]]  # the first warms up
             rows.append({"resolution": resolution, "storage": storage, "short_side": side, "build_s": build_s,
-                         "build_images_per_s": len(original) / build_s, "megabytes": folder_megabytes(location),
+                         "build_images_per_s": len(original) / build_s, "megabytes": folder_megabytes(Path(location)),
                          "build_workers": stream["build_workers"], "images_per_s": statistics.median(rates),
                          "epoch_images_per_s": rates,
                          "epoch_start_s": statistics.median(e["start_s"] for e in epochs)})

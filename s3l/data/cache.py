@@ -50,7 +50,7 @@ from torchvision.transforms import functional as F
 
 from s3l.data.datasets import load_rgb
 from s3l.data.transforms import IMAGENET_MEAN, IMAGENET_STD, view_ops
-from s3l.data.views import ViewSpec
+from s3l.data.views import ViewSpec, smallest_min_scale
 from s3l.errors import S3LError
 from s3l.lock import ProcessLock
 
@@ -80,6 +80,11 @@ def cache_short_side(resolution: int, min_scale: float) -> int:
     return math.ceil(resolution / math.sqrt(min_scale))
 
 
+def views_short_side(resolution: int, views: tuple[ViewSpec, ViewSpec]) -> int:
+    """The short side that pretraining views at `resolution` need: `cache_short_side` of their smallest crop."""
+    return cache_short_side(resolution, smallest_min_scale(views))
+
+
 def resized_size(width: int, height: int, short_side: int) -> tuple[int, int]:
     """(width, height) with the shorter side at `short_side`, computed as torchvision's Resize does.
 
@@ -90,6 +95,22 @@ def resized_size(width: int, height: int, short_side: int) -> tuple[int, int]:
         return width, height
     new_long = int(short_side * long / short)  # torchvision truncates too
     return (short_side, new_long) if width <= height else (new_long, short_side)
+
+
+def stored_size(path: Path, short_side: int) -> tuple[int, int]:
+    """The (width, height) an image file is stored at, `resized_size` of its header's size."""
+    with Image.open(path) as image:  # reads the header only
+        return resized_size(*image.size, short_side)
+
+
+def stored_meta(dataset: Dataset, short_side: int) -> dict:
+    """What a store of resized images (the cache, LitData shards) says about the dataset it holds."""
+    return {
+        "short_side": short_side,
+        "classes": list(dataset.classes),
+        "samples": [[str(path), int(label)] for path, label in dataset.samples],
+        "skipped": [str(path) for path in getattr(dataset, "skipped", [])],
+    }
 
 
 def cache_key(dataset: Dataset, short_side: int) -> str:
@@ -167,10 +188,7 @@ def build_once(final: Path, marker: str, write) -> bool:
 def _write_cache(dataset: Dataset, short_side: int, folder: Path) -> None:
     folder.mkdir()
     paths = [Path(path) for path, _ in dataset.samples]
-    sizes = []
-    for path in paths:
-        with Image.open(path) as image:  # reads the header only
-            sizes.append(resized_size(*image.size, short_side))
+    sizes = [stored_size(path, short_side) for path in paths]
     lengths = np.array([width * height * 3 for width, height in sizes], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
     pixels = np.lib.format.open_memmap(folder / PIXELS, mode="w+", dtype=np.uint8, shape=(int(lengths.sum()),))
@@ -184,14 +202,7 @@ def _write_cache(dataset: Dataset, short_side: int, folder: Path) -> None:
     del pixels
     index = np.stack([offsets, [h for _, h in sizes], [w for w, _ in sizes]], axis=1).astype(np.int64)
     np.save(folder / INDEX, index)
-    meta = {
-        "version": CACHE_VERSION,
-        "short_side": short_side,
-        "classes": list(dataset.classes),
-        "samples": [[str(path), int(label)] for path, label in dataset.samples],
-        "skipped": [str(path) for path in getattr(dataset, "skipped", [])],
-    }
-    (folder / META).write_text(json.dumps(meta))
+    (folder / META).write_text(json.dumps({"version": CACHE_VERSION, **stored_meta(dataset, short_side)}))
 
 
 def load_resized(path: Path, size: tuple[int, int]) -> np.ndarray:

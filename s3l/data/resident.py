@@ -39,7 +39,7 @@ from torchvision import transforms
 from torchvision.transforms import functional as TF
 
 from s3l.config import StageSpec
-from s3l.data.cache import CachedImages, build_resized_cache, cache_short_side
+from s3l.data.cache import CachedImages, build_resized_cache, cache_short_side, views_short_side
 from s3l.data.device_augment import (
     RawViews,
     RawViewsTransform,
@@ -50,7 +50,7 @@ from s3l.data.device_augment import (
 )
 from s3l.data.sampling import EpochSampler, sample_seed, seeded_draws, stage_seed
 from s3l.data.transforms import resize_side
-from s3l.data.views import ViewSpec, smallest_min_scale, view_specs
+from s3l.data.views import ViewSpec, view_specs
 from s3l.errors import S3LError
 
 log = logging.getLogger("s3l.data")
@@ -328,7 +328,7 @@ def _common(cfg: DictConfig, spec: StageSpec) -> dict:
 def resident_pretrain_datamodule(cfg: DictConfig, spec: StageSpec, train) -> ResidentDataModule:
     """A pretraining stage's `ResidentDataModule`: the cache built (or reused) at the short side the views need."""
     views, size = view_specs(cfg.augmentation), spec.cfg.resolution
-    side = cache_short_side(size, smallest_min_scale(views))
+    side = views_short_side(size, views)
     # drop_last as upstream: a queue and split BatchNorm need whole batches.
     return ResidentDataModule(ResidentSplit(_cached(cfg, train, side), None, TwoViews(views, size)),
                               drop_last=True, **_common(cfg, spec))

@@ -36,11 +36,11 @@ from torch.utils.data import Dataset
 
 from s3l.callbacks.checkpointing import rng_states, set_rng_states
 from s3l.config import StageSpec
-from s3l.data.cache import build_once, cache_key, cache_short_side, load_resized, resized_size
+from s3l.data.cache import build_once, cache_key, load_resized, stored_meta, stored_size, views_short_side
 from s3l.data.datamodule import StageDataModule, pretrain_transform
 from s3l.data.images import load_rgb
 from s3l.data.sampling import sample_seed, seeded_draws, stage_seed
-from s3l.data.views import smallest_min_scale, view_specs
+from s3l.data.views import view_specs
 from s3l.errors import S3LError
 
 logger = logging.getLogger("s3l")
@@ -70,9 +70,7 @@ class ResizedItem:
 
     def __call__(self, index: int) -> dict:
         path, label = self.samples[index]
-        with Image.open(path) as header:
-            size = resized_size(*header.size, self.short_side)
-        pixels = load_resized(Path(path), size)
+        pixels = load_resized(Path(path), stored_size(Path(path), self.short_side))
         if self.storage == "raw":
             image: bytes | np.ndarray = pixels
         else:
@@ -105,9 +103,7 @@ def build_shards(dataset: Dataset, split: str, short_side: int, stream: dict) ->
                          # fork: workers start in milliseconds (spawn re-imports torch in each: ~10 s) and
                          # only decode and encode images, never touching a GPU.
                          start_method="fork")
-        meta = {"classes": list(dataset.classes), "short_side": short_side, "storage": storage,
-                "quality": quality, "samples": [[str(p), int(label)] for p, label in dataset.samples],
-                "skipped": [str(p) for p in getattr(dataset, "skipped", [])]}
+        meta = {"storage": storage, "quality": quality, **stored_meta(dataset, short_side)}
         (folder / META_FILE).write_text(json.dumps(meta))
         seconds = time.perf_counter() - start
         logger.info("built %d %s shards of %s at %d px in %.1f s (%.0f images/s)", len(dataset), storage,
@@ -220,23 +216,18 @@ class StreamDataModule(StageDataModule):
         self.position = None
 
 
-def stored_short_side(cfg: DictConfig, spec: StageSpec) -> int:
-    """The short side shards keep: as the cache's, just large enough for the smallest pretraining crop."""
-    return cache_short_side(spec.cfg.resolution, smallest_min_scale(view_specs(cfg.augmentation)))
-
-
 def stream_pretrain_datamodule(cfg: DictConfig, spec: StageSpec, train) -> StreamDataModule:
     """Two augmented views of every streamed training image (the cache path's transforms: the shards hold the
     same resized pixels, JPEG-compressed unless dataset.stream.storage=raw)."""
-    location = build_shards(train, "train", stored_short_side(cfg, spec), cfg.dataset.stream)
-    transform, collate = pretrain_transform(spec.cfg.resolution, view_specs(cfg.augmentation), True,
-                                            cfg.dataset.augment_on)
+    views = view_specs(cfg.augmentation)
+    location = build_shards(train, "train", views_short_side(spec.cfg.resolution, views), cfg.dataset.stream)
+    transform, collate = pretrain_transform(spec.cfg.resolution, views, True, cfg.dataset.augment_on)
     return StreamDataModule(location, transform, spec.cfg.batch_size, cfg.dataset.num_workers, collate,
                             stage_seed(cfg.seed, spec.name), str(cfg.dataset.stream.max_cache_size))
 
 
 def streamed_splits(cfg: DictConfig, spec: StageSpec, train, test) -> tuple[ShardImages, ShardImages]:
     """The train and test splits read whole from their shards (the kNN monitor's data)."""
-    side, stream = stored_short_side(cfg, spec), cfg.dataset.stream
+    side, stream = views_short_side(spec.cfg.resolution, view_specs(cfg.augmentation)), cfg.dataset.stream
     return tuple(ShardImages(build_shards(split, name, side, stream), str(stream.max_cache_size))
                  for split, name in ((train, "train"), (test, "test")))

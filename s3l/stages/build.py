@@ -20,7 +20,7 @@ from s3l.callbacks.checkpointing import (
 from s3l.callbacks.cost import CostMeter
 from s3l.checkpoints import load_backbone, read_backbone_state
 from s3l.config import StageSpec, stage_epochs
-from s3l.data.cache import CachedImages, build_resized_cache, cache_short_side
+from s3l.data.cache import CachedImages, build_resized_cache, views_short_side
 from s3l.data.datamodule import (
     ClassifyDataModule,
     StageDataModule,
@@ -31,7 +31,7 @@ from s3l.data.datasets import build_dataset
 from s3l.data.resident import resident_classify_datamodule, resident_pretrain_datamodule
 from s3l.data.sampling import stage_seed
 from s3l.data.transforms import eval_transform
-from s3l.data.views import smallest_min_scale, view_specs
+from s3l.data.views import view_specs
 from s3l.errors import S3LError
 from s3l.loggers import build_loggers
 from s3l.models.resnet import backbone_flops, build_backbone, stem_for_resolutions, stem_of
@@ -58,7 +58,7 @@ def pretrain_datamodule(cfg: DictConfig, spec: StageSpec, train) -> L.LightningD
         return stream_pretrain_datamodule(cfg, spec, train)
     views, fast = view_specs(cfg.augmentation), bool(cfg.dataset.cache)
     if fast:
-        side = cache_short_side(s.resolution, smallest_min_scale(views))
+        side = views_short_side(s.resolution, views)
         train = CachedImages(build_resized_cache(train, side, Path(cfg.dataset.cache_dir)))
     transform, collate = pretrain_transform(s.resolution, views, fast, cfg.dataset.augment_on)
     return StageDataModule(train, transform, s.batch_size, cfg.dataset.num_workers, drop_last=True,

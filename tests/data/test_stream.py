@@ -10,10 +10,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from omegaconf import OmegaConf
-from PIL import Image
 
 from s3l.callbacks.checkpointing import LastCheckpoint
-from s3l.data.cache import load_resized, resized_size
+from s3l.data.cache import load_resized, stored_size
 from s3l.data.datasets import CUB200, ImageFolderSplit
 from s3l.errors import S3LError
 from tests.conftest import CUB_SUBSET, HYMENOPTERA
@@ -48,9 +47,7 @@ def hymenoptera():
 def expected_pixels(dataset, index: int) -> np.ndarray:
     """The folder's image as the memory-mapped cache stores it: resized so that its short side is SIDE."""
     path = dataset.samples[index][0]
-    with Image.open(path) as header:
-        size = resized_size(*header.size, SIDE)
-    return load_resized(path, size)
+    return load_resized(path, stored_size(path, SIDE))
 
 
 @pytest.mark.parametrize("name", ["cub", "hymenoptera"])
