@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +32,16 @@ def compose_config(overrides: list[str], output_dir: Path) -> DictConfig:
     with open_dict(cfg):
         cfg.paths.output_dir = str(output_dir)
     return cfg
+
+
+@pytest.fixture(scope="module")
+def module_tmp(request, tmp_path_factory):
+    """A folder that one module's tests share, removed once they have run. Like each test's own tmp_path
+    (`tmp_path_retention_policy = "failed"` in pyproject.toml), it does not outlive its tests: the suite's
+    runs write checkpoints, and kept to the end they add up to about 13 GB."""
+    path = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

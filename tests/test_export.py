@@ -61,9 +61,10 @@ def _original_moco(tmp: Path, name: str) -> tuple[Path, nn.Module]:
 
 
 @pytest.fixture(scope="module")
-def sources(tmp_path_factory) -> dict[tuple[str, str], tuple[Path, nn.Module]]:
+def sources(module_tmp) -> dict[tuple[str, str], tuple[Path, nn.Module]]:
     """(layout, architecture) -> (checkpoint file, the backbone it holds), written once for the module."""
-    tmp = tmp_path_factory.mktemp("sources")
+    tmp = module_tmp / "sources"
+    tmp.mkdir()
     return {
         (layout, name): write(tmp, name)
         for layout, write in (("ours", _ours), ("moco", _original_moco))
@@ -232,9 +233,10 @@ def test_missing_batch_counters_are_filled_as_torchvision_has_them(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def bad_inputs(tmp_path_factory) -> Path:
+def bad_inputs(module_tmp) -> Path:
     """A folder with a text file, an architecture we do not have, and a resnet10 stage's backbone."""
-    folder = tmp_path_factory.mktemp("bad_inputs")
+    folder = module_tmp / "bad_inputs"
+    folder.mkdir()
     (folder / "notes.txt").write_text("not weights\n")
     torch.save(ResNet(Bottleneck, [2, 2, 2, 2]).state_dict(), folder / "resnet26.pth")
     export_backbone(build_backbone("resnet10"), folder, {**META, "architecture": "resnet10"})

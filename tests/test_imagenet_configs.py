@@ -33,10 +33,10 @@ def subset_json(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def resnet50_backbone(tmp_path_factory):
+def resnet50_backbone(module_tmp):
     meta = {"architecture": "resnet50", "stem": "imagenet", "resolution": 112, "stage": "pretrain",
             "kind": "pretrain", "method": "mocov2", "dataset": "imagenet", "epochs": 0, "config_hash": None}
-    return export_backbone(build_backbone("resnet50"), tmp_path_factory.mktemp("pretrained"), meta)
+    return export_backbone(build_backbone("resnet50"), module_tmp, meta)
 
 
 def test_the_imagenet_dataset_reads_the_standard_layout_with_the_lincls_protocol(compose_cfg):

@@ -44,12 +44,12 @@ STD = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
 
 
 @pytest.fixture(scope="module")
-def photos(tmp_path_factory) -> LabelledImages:
+def photos(module_tmp) -> LabelledImages:
     """20 real CUB photos of several classes and one 30 x 20 px crop of one (smaller than any resize side)."""
     from s3l.data.datasets import CUB200
 
     cub = CUB200(str(CUB_SUBSET), "train", "fail")
-    small = tmp_path_factory.mktemp("small") / "small.png"
+    small = module_tmp / "small.png"
     with Image.open(cub.samples[0][0]) as image:
         image.convert("RGB").crop((100, 100, 130, 120)).save(small)
     samples = [*cub.samples[::15], (small, cub.samples[0][1])]
@@ -57,8 +57,8 @@ def photos(tmp_path_factory) -> LabelledImages:
 
 
 @pytest.fixture(scope="module")
-def cached(photos, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("cache")
+def cached(photos, module_tmp):
+    folder = module_tmp / "cache"
     return lambda side: CachedImages(build_resized_cache(photos, side, folder))
 
 

@@ -67,8 +67,8 @@ def csv_rows(run, stage: str) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    run = run_train(RESUMABLE, tmp_path_factory.mktemp("reference") / "outputs")
+def uninterrupted(module_tmp):
+    run = run_train(RESUMABLE, module_tmp / "outputs")
     assert run.returncode == 0, run.output[-3000:]
     return run
 
