@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 METHODS = sorted(p.stem for p in (CONFIGS / "method").glob("*.yaml"))
 # The ImageNet stem: at 32 px throughout, `auto` would take the CIFAR stem (16x the arithmetic), which these tests
 # of the methods do not need (tests/stages/test_stem.py tests the choice).
-SMALL = ["architecture=resnet18", "architecture.stem=imagenet", "resolution=32", "dataset.eval_resolution=32",
+SMALL = ["architecture=resnet10", "architecture.stem=imagenet", "resolution=32", "dataset.eval_resolution=32",
          "dataset.num_workers=0", "stages.finetune.batch_size=16"]
 
 

@@ -10,7 +10,7 @@ pytestmark = pytest.mark.slow
 
 # Two epochs of two steps per stage at 16 px, a checkpoint at every epoch, a metrics.csv row at every step.
 RESIDENT = ["experiment=cub_112_mocov2", "chain=pretrain_finetune", f"dataset.root={CUB_SUBSET}",
-            "dataset.resident=true", "debug=tiny", "architecture=resnet18", "architecture.stem=imagenet", "resolution=16",
+            "dataset.resident=true", "debug=tiny", "architecture=resnet10", "architecture.stem=imagenet", "resolution=16",
             "dataset.eval_resolution=16", "seed=7", "trainer.deterministic=true", "trainer.max_epochs=2",
             "method.epochs=2", "stages.finetune.epochs=2", "stages.finetune.batch_size=16",
             "stages.pretrain.knn.every_n_epochs=0", "trainer.limit_val_batches=1",
