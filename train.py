@@ -22,7 +22,7 @@ def main(cfg: DictConfig) -> float | None:
 if __name__ == "__main__":
     # The half million objects the imports made (torch, Lightning) are kept for the process's life: frozen, the
     # collector never walks them again, which takes the interpreter's exit from about 2 s to 0.3 s on 2 cores
-    # (docs/benchmarks.md, run E) and spares the DataLoader workers' copies of them from the collector too.
+    # (docs/benchmarks.md, runs F to I) and spares the DataLoader workers' copies of them from the collector too.
     gc.freeze()
     sys.argv[1:] = prepare_argv(sys.argv[1:], Path(__file__).parent / "configs")
     with one_line_config_errors():
