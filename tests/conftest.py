@@ -34,6 +34,14 @@ def compose_config(overrides: list[str], output_dir: Path) -> DictConfig:
     return cfg
 
 
+def is_whole_zombie(pid: int) -> bool:
+    """A killed, unreaped process has fully exited: its main thread is a zombie and no other thread of it is
+    still exiting. The imports start native threads, and the files (so the run's lock) go only when the last
+    thread has exited, which under load can come after the main thread already shows "Z"."""
+    state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    return state == "Z" and os.listdir(f"/proc/{pid}/task") == [str(pid)]
+
+
 @pytest.fixture(scope="module")
 def module_tmp(request, tmp_path_factory):
     """A folder that one module's tests share, removed once they have run. Like each test's own tmp_path

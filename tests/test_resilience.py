@@ -23,7 +23,7 @@ from s3l.config import StageSpec, check_group_options
 from s3l.errors import S3LError
 from s3l.resume import find_resume_point, last_checkpoint
 from s3l.rundir import check_same_config, claim
-from tests.conftest import CONFIGS, ROOT
+from tests.conftest import CONFIGS, ROOT, is_whole_zombie
 
 
 def crash_midway(checkpoint, filepath):
@@ -143,7 +143,7 @@ def test_a_killed_run_that_nobody_reaps_leaves_the_directory_free(tmp_path):
             claim(tmp_path)
         os.kill(holder.pid, signal.SIGKILL)
         deadline = time.time() + 10
-        while not _is_whole_zombie(holder.pid):  # dead, its pid still taken, never reaped
+        while not is_whole_zombie(holder.pid):  # dead, its pid still taken, never reaped
             assert time.time() < deadline
             time.sleep(0.01)
         lock = claim(tmp_path)  # at once: the kernel released the dead process's lock
@@ -152,14 +152,6 @@ def test_a_killed_run_that_nobody_reaps_leaves_the_directory_free(tmp_path):
     finally:
         holder.kill()
         holder.wait()
-
-
-def _is_whole_zombie(pid: int) -> bool:
-    """The main thread is a zombie and no other thread of it is still exiting: the imports start native
-    threads, and the files (so the lock) go only when the last thread has exited, which under load can come
-    after the main thread already shows "Z"."""
-    state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    return state == "Z" and os.listdir(f"/proc/{pid}/task") == [str(pid)]
 
 
 def test_a_claimed_directory_loses_what_killed_atomic_writes_left(tmp_path):

@@ -8,11 +8,10 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import HYMENOPTERA, ROOT, TrainRun, run_train
+from tests.conftest import HYMENOPTERA, ROOT, TrainRun, is_whole_zombie, run_train
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +39,7 @@ def kill_when(args, log_dir, artifact_glob, unfinished_glob) -> subprocess.Popen
         assert time.time() < deadline
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
-    while Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+    while not is_whole_zombie(proc.pid):
         time.sleep(0.01)
     assert not list(log_dir.glob(unfinished_glob)), "killed too late: the stage had already finished"
     return proc
